@@ -1,0 +1,61 @@
+//! Types shared by the eBPF programs and userspace: the ring record layout and
+//! the indices of the per-CPU counters.
+#![no_std]
+
+/// Which TC hook of the host-side interface saw the packet.
+///
+/// On the host end of a pod's veth, `INGRESS` carries what the pod sent and
+/// `EGRESS` what is delivered to it; userspace turns this into the pod's view.
+pub const HOOK_INGRESS: u8 = 0;
+/// See [`HOOK_INGRESS`].
+pub const HOOK_EGRESS: u8 = 1;
+
+/// Header of every ring record; `cap_len` packet bytes follow it directly.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct RecordHeader {
+    /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC nanoseconds.
+    pub ts_ns: u64,
+    /// Host ifindex of the interface the program is attached to.
+    pub ifindex: u32,
+    /// Length of the packet on the wire (skb->len).
+    pub orig_len: u32,
+    /// Number of packet bytes that follow this header.
+    pub cap_len: u32,
+    /// [`HOOK_INGRESS`] or [`HOOK_EGRESS`].
+    pub hook: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Size of [`RecordHeader`] in bytes.
+pub const RECORD_HEADER_LEN: usize = core::mem::size_of::<RecordHeader>();
+
+/// Most packet bytes one record can hold. Host-side egress skbs can be GSO
+/// super-packets of up to 64 KiB, so this matches that, as tcpdump's would.
+pub const MAX_CAPLEN: u32 = 65535;
+
+/// Index in the per-CPU counter array: packets the programs saw.
+pub const COUNTER_SEEN: u32 = 0;
+/// Packets that could not be delivered to userspace (ring full).
+pub const COUNTER_LOST: u32 = 1;
+/// Packets rejected by the capture filter.
+pub const COUNTER_FILTERED: u32 = 2;
+/// Number of counters.
+pub const COUNTERS_LEN: u32 = 4;
+
+#[cfg(feature = "user")]
+// SAFETY: plain old data, repr(C), no padding holes left uninitialised by the
+// kernel side (it writes `_pad` explicitly).
+unsafe impl aya::Pod for RecordHeader {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_layout_is_stable() {
+        // The eBPF side and userspace must agree byte for byte.
+        assert_eq!(RECORD_HEADER_LEN, 24);
+        assert_eq!(core::mem::align_of::<RecordHeader>(), 8);
+    }
+}

@@ -1,0 +1,311 @@
+//! Loading the eBPF object and attaching its two TC programs to host links.
+//!
+//! Attachment prefers TCX links: they are owned by a file descriptor, so the
+//! kernel detaches them even if podtrace is killed, and they coexist with
+//! other programs by construction. Kernels without TCX get a direct-action
+//! cls_bpf filter on the clsact qdisc, added next to whatever filters are
+//! already there; filters a killed podtrace left behind are removed first.
+
+use std::{collections::HashMap, io};
+
+use aya::{
+    maps::{MapData, PerCpuArray, RingBuf},
+    programs::{
+        links::LinkOrder,
+        tc::{self, NlOptions, SchedClassifierLinkId, TcAttachOptions},
+        SchedClassifier, TcAttachType,
+    },
+    Ebpf, EbpfLoader,
+};
+use podtrace_common::{COUNTERS_LEN, COUNTER_FILTERED, COUNTER_LOST, COUNTER_SEEN};
+
+use crate::link::HostLink;
+
+/// The compiled eBPF object, built by `cargo xtask build-ebpf`.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("PODTRACE_EBPF_OBJECT"));
+
+const INGRESS_PROGRAM: &str = "podtrace_ingress";
+const EGRESS_PROGRAM: &str = "podtrace_egress";
+
+/// How programs are attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum TcMode {
+    /// TCX if the kernel has it, else a clsact filter.
+    #[default]
+    Auto,
+    /// TCX links only (Linux >= 6.6).
+    Tcx,
+    /// A cls_bpf filter on the clsact qdisc (any kernel with clsact).
+    Clsact,
+}
+
+/// Which TC hooks to attach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hooks {
+    pub ingress: bool,
+    pub egress: bool,
+}
+
+impl Hooks {
+    pub const BOTH: Self = Self {
+        ingress: true,
+        egress: true,
+    };
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    #[error("cannot load podtrace's eBPF programs: {0}")]
+    Load(String),
+    #[error("cannot attach to {iface} ({hook}): {reason}")]
+    Attach {
+        iface: String,
+        hook: &'static str,
+        reason: String,
+    },
+    #[error("eBPF object is missing {0}")]
+    Missing(&'static str),
+}
+
+/// Kernel-side counters summed over CPUs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KernelCounters {
+    pub seen: u64,
+    pub lost: u64,
+    pub filtered: u64,
+}
+
+/// Settings baked into the programs at load time.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadOptions {
+    pub snaplen: u32,
+    /// Ring buffer size in bytes: a power of two, a multiple of the page size.
+    pub ring_bytes: u32,
+}
+
+struct Attached {
+    iface: String,
+    hook: TcAttachType,
+    id: SchedClassifierLinkId,
+}
+
+/// The loaded programs and where they are attached. Dropping it detaches all.
+pub struct Programs {
+    ebpf: Ebpf,
+    attached: Vec<Attached>,
+    counters: PerCpuArray<MapData, u64>,
+    /// Interfaces by ifindex, for records and statistics.
+    pub links: HashMap<u32, HostLink>,
+    /// How the last attach was done, for -v and tests.
+    pub mode_used: Option<TcMode>,
+}
+
+impl Programs {
+    pub fn load(opts: LoadOptions) -> Result<Self, AttachError> {
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| AttachError::Load(e.to_string()))? as u32;
+        // Userspace drains on a timer; wake it early once a quarter is full.
+        let wakeup_bytes = u64::from(opts.ring_bytes / 4);
+        let mut ebpf = EbpfLoader::new()
+            .override_global("SNAPLEN", &opts.snaplen, true)
+            .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
+            .map_max_entries("EVENTS", opts.ring_bytes)
+            .map_max_entries("SCRATCH", cpus)
+            .load(EBPF_OBJECT)
+            .map_err(|e| AttachError::Load(error_chain(&e)))?;
+        for name in [INGRESS_PROGRAM, EGRESS_PROGRAM] {
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .ok_or(AttachError::Missing(name))?
+                .try_into()
+                .map_err(|e| AttachError::Load(error_chain(&e)))?;
+            prog.load()
+                .map_err(|e| AttachError::Load(error_chain(&e)))?;
+        }
+        let counters = ebpf
+            .take_map("COUNTERS")
+            .ok_or(AttachError::Missing("COUNTERS"))?;
+        let counters =
+            PerCpuArray::try_from(counters).map_err(|e| AttachError::Load(e.to_string()))?;
+        Ok(Self {
+            ebpf,
+            attached: Vec::new(),
+            counters,
+            links: HashMap::new(),
+            mode_used: None,
+        })
+    }
+
+    /// The ring buffer the programs write to; call once.
+    pub fn take_ring(&mut self) -> Result<RingBuf<MapData>, AttachError> {
+        let map = self
+            .ebpf
+            .take_map("EVENTS")
+            .ok_or(AttachError::Missing("EVENTS"))?;
+        RingBuf::try_from(map).map_err(|e| AttachError::Load(e.to_string()))
+    }
+
+    /// Attaches the selected hooks of `link`.
+    pub fn attach(
+        &mut self,
+        link: &HostLink,
+        hooks: Hooks,
+        mode: TcMode,
+    ) -> Result<(), AttachError> {
+        let wanted = [
+            (hooks.ingress, TcAttachType::Ingress, INGRESS_PROGRAM),
+            (hooks.egress, TcAttachType::Egress, EGRESS_PROGRAM),
+        ];
+        for (on, hook, program) in wanted {
+            if on {
+                self.attach_one(&link.name, hook, program, mode)?;
+            }
+        }
+        self.links.insert(link.ifindex, link.clone());
+        Ok(())
+    }
+
+    fn attach_one(
+        &mut self,
+        iface: &str,
+        hook: TcAttachType,
+        program: &'static str,
+        mode: TcMode,
+    ) -> Result<(), AttachError> {
+        let fail = |reason: String| AttachError::Attach {
+            iface: iface.to_owned(),
+            hook: hook_name(hook),
+            reason,
+        };
+        let prog: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(program)
+            .ok_or(AttachError::Missing(program))?
+            .try_into()
+            .map_err(|e| fail(error_chain(&e)))?;
+        // First in the chain: see packets before other programs (a CNI's
+        // redirect, say) can end it; our verdict lets everything through.
+        let mut tcx =
+            || prog.attach_with_options(iface, hook, TcAttachOptions::TcxOrder(LinkOrder::first()));
+        let (id, used) = match mode {
+            TcMode::Tcx => (tcx().map_err(|e| fail(error_chain(&e)))?, TcMode::Tcx),
+            TcMode::Auto => match tcx() {
+                Ok(id) => (id, TcMode::Tcx),
+                Err(e) => {
+                    crate::verbose(format_args!("TCX attach failed ({e}), using clsact"));
+                    (
+                        attach_clsact(prog, iface, hook, program).map_err(fail)?,
+                        TcMode::Clsact,
+                    )
+                }
+            },
+            TcMode::Clsact => (
+                attach_clsact(prog, iface, hook, program).map_err(fail)?,
+                TcMode::Clsact,
+            ),
+        };
+        self.mode_used = Some(used);
+        self.attached.push(Attached {
+            iface: iface.to_owned(),
+            hook,
+            id,
+        });
+        Ok(())
+    }
+
+    /// Detaches every program; safe to call more than once.
+    pub fn detach_all(&mut self) {
+        for Attached { iface, hook, id } in self.attached.drain(..) {
+            let name = match hook {
+                TcAttachType::Ingress => INGRESS_PROGRAM,
+                _ => EGRESS_PROGRAM,
+            };
+            if let Some(Ok(prog)) = self
+                .ebpf
+                .program_mut(name)
+                .map(<&mut SchedClassifier>::try_from)
+            {
+                // The interface may be gone already (pod deleted): nothing to undo.
+                if let Err(e) = prog.detach(id) {
+                    crate::verbose(format_args!("detach from {iface}: {e}"));
+                }
+            }
+        }
+    }
+
+    pub fn counters(&self) -> KernelCounters {
+        let sum = |index: u32| -> u64 {
+            self.counters
+                .get(&index, 0)
+                .map(|values| values.iter().sum())
+                .unwrap_or(0)
+        };
+        debug_assert!(COUNTER_FILTERED < COUNTERS_LEN);
+        KernelCounters {
+            seen: sum(COUNTER_SEEN),
+            lost: sum(COUNTER_LOST),
+            filtered: sum(COUNTER_FILTERED),
+        }
+    }
+}
+
+impl Drop for Programs {
+    fn drop(&mut self) {
+        self.detach_all();
+    }
+}
+
+fn attach_clsact(
+    prog: &mut SchedClassifier,
+    iface: &str,
+    hook: TcAttachType,
+    program: &str,
+) -> Result<SchedClassifierLinkId, String> {
+    // An existing clsact qdisc (ours from before, or a CNI's) is fine.
+    if let Err(e) = tc::qdisc_add_clsact(iface) {
+        if !is_already_exists(&e) {
+            return Err(format!("cannot add clsact qdisc: {}", error_chain(&e)));
+        }
+    }
+    // Filters left by a podtrace that was killed: ours by name, nobody else's.
+    match tc::qdisc_detach_program(iface, hook, program) {
+        Ok(()) => crate::verbose(format_args!(
+            "removed a stale {program} filter from {iface}"
+        )),
+        Err(tc::TcError::IoError(e)) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => crate::verbose(format_args!("looking for stale filters on {iface}: {e}")),
+    }
+    prog.attach_with_options(iface, hook, TcAttachOptions::Netlink(NlOptions::default()))
+        .map_err(|e| error_chain(&e))
+}
+
+fn is_already_exists(e: &tc::TcError) -> bool {
+    match e {
+        tc::TcError::AlreadyAttached => true,
+        other => {
+            error_chain(other).contains("File exists") || error_chain(other).contains("Exclusivity")
+        }
+    }
+}
+
+fn hook_name(hook: TcAttachType) -> &'static str {
+    match hook {
+        TcAttachType::Ingress => "ingress",
+        TcAttachType::Egress => "egress",
+        TcAttachType::Custom(_) => "custom",
+    }
+}
+
+/// "outer: inner: innermost" for errors whose Display hides the cause.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}

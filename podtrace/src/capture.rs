@@ -1,0 +1,225 @@
+//! The capture loop: load, attach, drain the ring into a sink, stop cleanly.
+//!
+//! Order on every way out (count, duration, signal, target gone, write
+//! error): detach first so no new packets arrive, then drain what the
+//! programs already put in the ring, then flush. Nothing the programs saw
+//! before the stop is lost.
+
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use tokio::{
+    signal::unix::{signal, SignalKind},
+    time::{interval, sleep_until, MissedTickBehavior},
+};
+
+use crate::{
+    attach::{AttachError, Hooks, KernelCounters, LoadOptions, Programs, TcMode},
+    link::HostLink,
+    ring::{Clock, Direction, RingReader},
+    sink::{self, Output, Packet, Sink, SinkError},
+};
+
+/// How often the ring is drained when the kernel does not wake us.
+const DRAIN_INTERVAL: Duration = Duration::from_millis(10);
+/// How often we check that the captured interfaces still exist.
+const LINK_CHECK_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Everything a capture needs, resolved from the command line.
+#[derive(Debug, Clone)]
+pub struct CapturePlan {
+    /// Host links to attach to, each with a label for messages ("pod default/web").
+    pub links: Vec<(HostLink, String)>,
+    pub output: Output,
+    pub snaplen: u32,
+    pub count: Option<u64>,
+    pub duration: Option<Duration>,
+    pub ring_bytes: u32,
+    pub tc_mode: TcMode,
+    pub hooks: Hooks,
+}
+
+/// Why the capture ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StopReason {
+    Count,
+    Duration,
+    Signal(&'static str),
+    /// Every captured interface disappeared (pod deleted, netns removed).
+    TargetGone(String),
+    /// The reader of our output went away (`| head`).
+    BrokenPipe,
+}
+
+#[derive(Debug, Clone)]
+pub struct Summary {
+    pub captured: u64,
+    pub kernel: KernelCounters,
+    pub reason: StopReason,
+}
+
+impl Summary {
+    /// The line printed on stderr at exit.
+    pub fn line(&self) -> String {
+        format!(
+            "{} packets captured, {} lost in kernel",
+            self.captured, self.kernel.lost
+        )
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    #[error(transparent)]
+    Attach(#[from] AttachError),
+    #[error("cannot watch the ring buffer: {0}")]
+    Ring(std::io::Error),
+    #[error("cannot install signal handlers: {0}")]
+    Signal(std::io::Error),
+}
+
+/// Runs a capture to the end; `on_start` is called once everything is
+/// attached (the "listening on" message).
+pub async fn run(
+    plan: CapturePlan,
+    on_start: impl FnOnce(&Programs),
+) -> Result<Summary, CaptureError> {
+    // Open the output before touching the kernel: a bad path attaches nothing.
+    let mut sink = sink::open(&plan.output, plan.snaplen)?;
+    let mut programs = Programs::load(LoadOptions {
+        snaplen: plan.snaplen,
+        ring_bytes: plan.ring_bytes,
+    })?;
+    let mut reader = RingReader::new(programs.take_ring()?).map_err(CaptureError::Ring)?;
+    for (link, _) in &plan.links {
+        programs.attach(link, plan.hooks, plan.tc_mode)?;
+    }
+    let clock = Clock::measure();
+    let mut sigint = signal(SignalKind::interrupt()).map_err(CaptureError::Signal)?;
+    let mut sigterm = signal(SignalKind::terminate()).map_err(CaptureError::Signal)?;
+    on_start(&programs);
+
+    let mut state = Drain {
+        clock,
+        captured: 0,
+        limit: plan.count.unwrap_or(u64::MAX),
+    };
+    let deadline = plan.duration.map(|d| tokio::time::Instant::now() + d);
+    let mut tick = interval(DRAIN_INTERVAL);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut last_link_check = Instant::now();
+
+    let outcome: Result<StopReason, SinkError> = loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            ready = reader.readable() => ready.map_err(CaptureError::Ring)?,
+            _ = sigint.recv() => break Ok(StopReason::Signal("SIGINT")),
+            _ = sigterm.recv() => break Ok(StopReason::Signal("SIGTERM")),
+            _ = sleep_until(deadline.unwrap_or_else(far_future)), if deadline.is_some() => {
+                break Ok(StopReason::Duration)
+            }
+        }
+        if let Err(e) = state.drain(&mut reader, &programs, sink.as_mut()) {
+            break Err(e);
+        }
+        if state.captured >= state.limit {
+            break Ok(StopReason::Count);
+        }
+        if last_link_check.elapsed() >= LINK_CHECK_INTERVAL {
+            last_link_check = Instant::now();
+            if let Some(gone) = all_links_gone(&plan.links) {
+                break Ok(StopReason::TargetGone(gone));
+            }
+        }
+    };
+
+    programs.detach_all();
+    let outcome = match outcome {
+        // Whatever the programs put in the ring before detaching still counts.
+        Ok(reason) => state
+            .drain(&mut reader, &programs, sink.as_mut())
+            .map(|()| reason),
+        Err(e) => Err(e),
+    };
+    let reason = match outcome {
+        Ok(reason) => reason,
+        Err(e) if e.is_broken_pipe() => StopReason::BrokenPipe,
+        Err(e) => return Err(e.into()),
+    };
+    if reason != StopReason::BrokenPipe {
+        sink.flush()?;
+    }
+    Ok(Summary {
+        captured: state.captured,
+        kernel: programs.counters(),
+        reason,
+    })
+}
+
+struct Drain {
+    clock: Clock,
+    captured: u64,
+    limit: u64,
+}
+
+impl Drain {
+    fn drain(
+        &mut self,
+        reader: &mut RingReader,
+        programs: &Programs,
+        sink: &mut dyn Sink,
+    ) -> Result<(), SinkError> {
+        let before = self.captured;
+        reader.drain(|record| {
+            if self.captured >= self.limit {
+                return Ok(false);
+            }
+            let peer_is_target = programs
+                .links
+                .get(&record.header.ifindex)
+                .is_some_and(|l| l.peer_is_target);
+            let Some(direction) = Direction::from_hook(record.header.hook, peer_is_target) else {
+                return Ok(true);
+            };
+            sink.write(&Packet {
+                ts: self.clock.to_wall(record.header.ts_ns),
+                ifindex: record.header.ifindex,
+                direction,
+                orig_len: record.header.orig_len,
+                data: record.data,
+            })?;
+            self.captured += 1;
+            Ok(true)
+        })?;
+        if self.captured != before {
+            sink.flush()?;
+        }
+        Ok(())
+    }
+}
+
+/// A message if none of the captured interfaces exists any more.
+fn all_links_gone(links: &[(HostLink, String)]) -> Option<String> {
+    let exists = |l: &HostLink| {
+        std::fs::read_to_string(Path::new("/sys/class/net").join(&l.name).join("ifindex"))
+            .ok()
+            .and_then(|s| crate::link::parse_ifindex(&s))
+            == Some(l.ifindex)
+    };
+    if links.iter().any(|(l, _)| exists(l)) {
+        return None;
+    }
+    let (link, label) = links.first()?;
+    Some(format!(
+        "{label} is gone (host interface {} was removed)",
+        link.name
+    ))
+}
+
+fn far_future() -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(86400 * 365)
+}

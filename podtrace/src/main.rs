@@ -1,0 +1,75 @@
+//! podtrace's command line: arguments → plan → capture → one summary line.
+
+mod cli;
+
+use std::process::ExitCode;
+
+use cli::Command;
+use podtrace::{
+    capture::{self, CaptureError, StopReason},
+    link::LinkError,
+    preflight,
+};
+
+fn main() -> ExitCode {
+    let cli = cli::parse();
+    podtrace::set_verbosity(cli.verbose);
+    match run(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("podtrace: {}", one_line(&err));
+            ExitCode::from(exit_code(&err))
+        }
+    }
+}
+
+fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    match cli.command {
+        Command::Capture(args) => {
+            preflight::check()?;
+            let plan = args.plan()?;
+            let start_line = |mode| cli::describe_start(&plan, mode);
+            let summary = runtime.block_on(capture::run(plan.clone(), |programs| {
+                eprintln!("podtrace: {}", start_line(programs.mode_used));
+            }))?;
+            if let StopReason::TargetGone(what) = &summary.reason {
+                eprintln!("podtrace: {what}");
+            }
+            eprintln!("{}", summary.line());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// The error and its causes on one line, without repeating what a message
+/// already includes.
+fn one_line(err: &anyhow::Error) -> String {
+    let mut line = err.to_string();
+    for cause in err.chain().skip(1) {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+    }
+    line
+}
+
+/// 2 for what the user asked that cannot be (bad target), 1 for failures.
+fn exit_code(err: &anyhow::Error) -> u8 {
+    if let Some(e) = err.downcast_ref::<LinkError>() {
+        return if e.is_bad_target() { 2 } else { 1 };
+    }
+    if err.downcast_ref::<cli::TargetMissing>().is_some() {
+        return 2;
+    }
+    if let Some(CaptureError::Attach(_) | CaptureError::Sink(_)) =
+        err.downcast_ref::<CaptureError>()
+    {
+        return 1;
+    }
+    1
+}
