@@ -1,0 +1,7 @@
+//! Test support for podtrace's end-to-end tests and `cargo xtask demo`.
+//!
+//! [`node::Node`] starts a private containerd that tests drive over CRI exactly as kubelet
+//! would, so podtrace meets real pods (pause sandbox, CNI veth, app container) without a cluster.
+//! Everything it needs is built locally; it needs root.
+
+pub mod node;
