@@ -5,8 +5,11 @@
 //! ```
 //!
 //! Starts a node with pods `default/web`, `prod/web` and a hostNetwork pod, checks their
-//! networks, resolves them with `podtrace::target`, deletes one, shuts the node down and checks
-//! that the machine is as it was.
+//! networks, resolves them with `podtrace::target`, runs a second node beside it, deletes a pod,
+//! shuts the node down and checks that the machine is as it was.
+//!
+//! `--crash` leaves a node with a pod behind (exit without teardown); `--clean` only removes
+//! such leftovers, as every `Node::start` does first.
 
 use std::collections::BTreeSet;
 use std::process::Command;
@@ -17,6 +20,23 @@ use podtrace::target::{self, PodSelector, TargetError};
 use podtrace_tests::node::{Node, Pod, PodSpec, INDEX_HTML};
 
 fn main() -> Result<()> {
+    if std::env::args().any(|a| a == "--crash") {
+        // Leaves a node behind on purpose, for the next run's stale-node cleanup to remove.
+        let node = Node::start()?;
+        let pod = node.run_pod(PodSpec::new("web"))?;
+        println!(
+            "exiting without teardown, node {} and {pod:?} up",
+            node.dir().display()
+        );
+        std::process::exit(3);
+    }
+    let t = Instant::now();
+    Node::clean_stale();
+    if std::env::args().any(|a| a == "--clean") {
+        println!("stale nodes cleaned in {:.2?}", t.elapsed());
+        return Ok(());
+    }
+    let stale = t.elapsed();
     let before = MachineState::now();
     let t0 = Instant::now();
     let node = Node::start()?;
@@ -38,6 +58,8 @@ fn main() -> Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(check_target(&node, &web, &prod))?;
+
+    check_second_node(&node, &web)?;
 
     let t2 = Instant::now();
     node.remove_pod(&prod)?;
@@ -75,7 +97,7 @@ fn main() -> Result<()> {
     let after = MachineState::now();
     let leftovers = before.leftovers(&after);
     println!(
-        "timings: node start {node_start:.2?}, first pod {web_pod_start:.2?}, pod removal {remove:.2?}, teardown {teardown:.2?}"
+        "timings: stale check {stale:.2?}, node start {node_start:.2?}, first pod {web_pod_start:.2?}, pod removal {remove:.2?}, teardown {teardown:.2?}"
     );
     if !leftovers.is_empty() {
         bail!(
@@ -86,6 +108,41 @@ fn main() -> Result<()> {
     println!("machine clean: links, processes, cgroups, mounts, files, ip_forward as before");
     println!("node_smoke: all checks passed");
     Ok(())
+}
+
+/// A second node at the same time gets its own bridge and subnet, and its teardown leaves the
+/// first one working.
+fn check_second_node(first: &Node, first_pod: &Pod) -> Result<()> {
+    let second = Node::start()?;
+    ensure!(second.bridge() != first.bridge() && second.subnet() != first.subnet());
+    let pod = second.run_pod(PodSpec::new("web"))?;
+    let ip = pod.ip()?;
+    ensure!(
+        ip.octets()[..3] == second.gateway().octets()[..3],
+        "{ip} not in {}",
+        second.subnet()
+    );
+    let body = pod.exec_ok(&["busybox", "wget", "-qO-", &format!("http://{ip}:8080/")])?;
+    ensure!(body == INDEX_HTML);
+    second.shutdown()?;
+    let gw = first.gateway().to_string();
+    let ping = first_pod.exec(&["busybox", "ping", "-c", "1", "-W", "2", &gw])?;
+    ensure!(
+        ping.code == 0,
+        "first node broken by the second's teardown: {}",
+        ping.stderr
+    );
+    ensure!(std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward")?.trim() == "1");
+    println!(
+        "second node: own bridge and subnet ({}), first node unaffected by its teardown",
+        second_subnet(&ip)
+    );
+    Ok(())
+}
+
+fn second_subnet(ip: &std::net::Ipv4Addr) -> String {
+    let [a, b, c, _] = ip.octets();
+    format!("{a}.{b}.{c}.0/24")
 }
 
 fn sel(arg: &str) -> Result<PodSelector, TargetError> {
@@ -211,6 +268,20 @@ async fn check_target(node: &Node, web: &Pod, prod: &Pod) -> Result<()> {
     ensure!(all[1].host_network && all[1].pid.is_some());
     ensure!(target::list(&mut client, Some("prod")).await?.len() == 1);
     println!("list: {names:?}");
+
+    // The endpoint from the environment, as crictl takes it; then the default sockets.
+    let saved = std::env::var_os(target::ENDPOINT_ENV);
+    std::env::set_var(target::ENDPOINT_ENV, node.endpoint());
+    let (_, from_env) = target::connect(None).await?;
+    ensure!(from_env == node.endpoint(), "connect(None) used {from_env}");
+    std::env::remove_var(target::ENDPOINT_ENV);
+    match target::connect(None).await {
+        Ok((_, endpoint)) => println!("default endpoint probe found {endpoint}"),
+        Err(err) => println!("default endpoint probe: {err}"),
+    }
+    if let Some(saved) = saved {
+        std::env::set_var(target::ENDPOINT_ENV, saved);
+    }
 
     let err = target::connect(Some("unix:///nonexistent/cri.sock"))
         .await

@@ -23,7 +23,7 @@ mod select;
 use std::fmt;
 
 pub use cri::{CriApi, RuntimeClient};
-pub use endpoint::{connect, DEFAULT_ENDPOINTS};
+pub use endpoint::{connect, DEFAULT_ENDPOINTS, ENDPOINT_ENV};
 
 /// Errors met while finding the container runtime or the pod.
 #[derive(Debug, thiserror::Error)]

@@ -15,7 +15,7 @@ use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint, Uri};
 use tower::service_fn;
 
-use super::cleanup::Footprint;
+use super::footprint::Footprint;
 use super::images::Images;
 use super::{BUSYBOX_IMAGE, PAUSE_IMAGE};
 

@@ -31,9 +31,12 @@
 
 mod cleanup;
 mod containerd;
+mod footprint;
 mod images;
+mod kubelet;
 mod net;
 mod pod;
+mod sys;
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -45,8 +48,8 @@ use anyhow::{bail, Context, Result};
 
 pub use pod::{ExecOutput, HostVeth, Pod, PodSpec};
 
-use cleanup::{Footprint, GlobalsGuard};
 use containerd::Cri;
+use footprint::{Footprint, GlobalsGuard};
 
 /// The pause image name containerd's CRI plugin uses as sandbox image (imported, not pulled).
 pub const PAUSE_IMAGE: &str = "registry.k8s.io/pause:3.9";
@@ -94,6 +97,13 @@ impl Node {
             .with_context(|| format!("starting test node {}", node.fp.dir.display()))?;
         node.log(&format!("node up in {:.2?}", t0.elapsed()));
         Ok(node)
+    }
+
+    /// Tears down the nodes of processes that died without doing it (SIGKILL, `exit` without
+    /// unwinding). [`Node::start`] does it first; call it to get a clean machine without
+    /// starting a node.
+    pub fn clean_stale() {
+        cleanup::clean_stale_nodes();
     }
 
     fn boot(&mut self) -> Result<()> {
@@ -161,7 +171,7 @@ impl Node {
             fp.save()?;
         }
         let t0 = Instant::now();
-        let pod = pod::run(cri, &self.fp, &spec, &uid)
+        let pod = kubelet::run(cri, &self.fp, &spec, &uid)
             .with_context(|| format!("running pod {}/{}", spec.namespace, spec.name))?;
         self.log(&format!(
             "pod {}/{} up in {:.2?}",
@@ -180,8 +190,8 @@ impl Node {
     /// A CRI call failing for another reason than "not found".
     pub fn remove_pod(&self, pod: &Pod) -> Result<()> {
         let cri = self.cri()?;
-        pod::remove(cri, &pod.sandbox_id)?;
-        cleanup::remove_pod_cgroups(&pod.uid)
+        kubelet::remove(cri, &pod.sandbox_id)?;
+        sys::remove_pod_cgroups(&pod.uid)
     }
 
     /// Tears the node down now, returning what could not be cleaned.
@@ -204,7 +214,7 @@ impl Node {
         }
         let mut problems = Vec::new();
         if let Some(cri) = &self.cri {
-            if let Err(err) = pod::remove_all(cri) {
+            if let Err(err) = kubelet::remove_all(cri) {
                 problems.push(format!("removing pods over CRI: {err:#}"));
             }
         }

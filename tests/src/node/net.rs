@@ -5,7 +5,7 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
-use super::cleanup::Footprint;
+use super::footprint::Footprint;
 
 /// How many nodes can run at once (bridges `ptr0`…, subnets `10.245.0.0/24`…).
 const MAX_NODES: u8 = 32;
