@@ -180,6 +180,11 @@ fn check_networks(node: &Node, web: &Pod, prod: &Pod, host: &Pod) -> Result<()> 
             pod.exec_ok(&["busybox", "cat", "/proc/sys/net/ipv6/conf/all/disable_ipv6"])?;
         ensure!(in_pod_ipv6.trim() == "1", "IPv6 on in pod {}", pod.name);
     }
+    let bridge_ipv6 = format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", node.bridge());
+    ensure!(
+        std::fs::read_to_string(&bridge_ipv6)?.trim() == "1",
+        "IPv6 on on the bridge"
+    );
     let gw = node.gateway().to_string();
     let ping = web.exec(&["busybox", "ping", "-c", "1", "-W", "2", &gw])?;
     ensure!(ping.code == 0, "ping {gw} from web: {}", ping.stderr);
@@ -198,6 +203,8 @@ fn check_networks(node: &Node, web: &Pod, prod: &Pod, host: &Pod) -> Result<()> 
 async fn check_target(node: &Node, web: &Pod, prod: &Pod) -> Result<()> {
     let (mut client, endpoint) = target::connect(Some(&node.endpoint())).await?;
     ensure!(endpoint == node.endpoint());
+    // The harness's sync calls also work from inside a tokio runtime.
+    ensure!(web.exec_ok(&["busybox", "echo", "ok"])? == "ok\n");
 
     let cases = [
         (sel("web")?, web),
@@ -373,6 +380,21 @@ impl MachineState {
             let name = entry.file_name().to_string_lossy().into_owned();
             if name.starts_with("podtrace-node") {
                 items.insert(format!("path {}", entry.path().display()));
+            }
+        }
+        // Firewall rules (the bridge plugin adds some only with ipMasq, which is off).
+        for (tool, args) in [
+            ("iptables-save", &[][..]),
+            ("nft", &["list", "ruleset"][..]),
+        ] {
+            let Ok(out) = Command::new(tool).args(args).output() else {
+                continue;
+            };
+            for line in String::from_utf8_lossy(&out.stdout).lines() {
+                if !line.starts_with('#') {
+                    let rule = line.split(" [").next().unwrap_or(line);
+                    items.insert(format!("{tool} {rule}"));
+                }
             }
         }
         let forward = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap_or_default();

@@ -66,8 +66,13 @@ pub(crate) fn clean_stale_nodes() {
             continue;
         };
         let dir = entry.path();
-        let fp = Footprint::load(&dir)
-            .unwrap_or_else(|| Footprint::new(dir.clone(), index, format!("ptr{index}"), 0));
+        let fp = match Footprint::load(&dir) {
+            Some(fp) => fp,
+            // A node being claimed right now has no node.json for a moment: only an old
+            // directory without one is stale.
+            None if modified_within(&dir, STATELESS_GRACE) => continue,
+            None => Footprint::new(dir.clone(), index, format!("ptr{index}"), 0),
+        };
         if fp.owner_pid == std::process::id() || (fp.owner_pid != 0 && alive(fp.owner_pid)) {
             continue;
         }
@@ -85,6 +90,15 @@ pub(crate) fn clean_stale_nodes() {
             eprintln!("[test node] {problem}");
         }
     }
+}
+
+/// How old a node directory without `node.json` must be to count as stale.
+const STATELESS_GRACE: Duration = Duration::from_secs(60);
+
+fn modified_within(path: &Path, age: Duration) -> bool {
+    std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .is_ok_and(|t| t.elapsed().unwrap_or_default() < age)
 }
 
 /// Removes what a node made, in an order that works after a crash too: containerd, then the

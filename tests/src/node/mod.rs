@@ -247,6 +247,13 @@ impl Drop for Node {
     }
 }
 
+// Tests share nodes and pods between threads.
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    send_sync::<Node>();
+    send_sync::<Pod>();
+};
+
 /// Where the pod's own files live under the node directory.
 pub(crate) fn pod_log_dir(fp: &Footprint, uid: &str) -> PathBuf {
     fp.dir.join("logs").join(uid)
