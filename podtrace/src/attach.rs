@@ -17,7 +17,7 @@ use aya::{
     },
     Ebpf, EbpfLoader,
 };
-use podtrace_common::{COUNTERS_LEN, COUNTER_FILTERED, COUNTER_LOST, COUNTER_SEEN};
+use podtrace_common::{COUNTER_FILTERED, COUNTER_LOST, COUNTER_SEEN};
 
 use crate::link::HostLink;
 
@@ -239,7 +239,6 @@ impl Programs {
                 .map(|values| values.iter().sum())
                 .unwrap_or(0)
         };
-        debug_assert!(COUNTER_FILTERED < COUNTERS_LEN);
         KernelCounters {
             seen: sum(COUNTER_SEEN),
             lost: sum(COUNTER_LOST),

@@ -27,11 +27,27 @@ const DRAIN_INTERVAL: Duration = Duration::from_millis(10);
 /// How often we check that the captured interfaces still exist.
 const LINK_CHECK_INTERVAL: Duration = Duration::from_millis(500);
 
+/// One thing being captured: its host link and how to talk about it.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub link: HostLink,
+    /// For messages: "pod default/web", "interface eth0".
+    pub label: String,
+    /// Said when its link disappears mid-capture.
+    pub gone: String,
+}
+
+impl Target {
+    pub fn new(link: HostLink, label: String) -> Self {
+        let gone = format!("{label} is gone (host interface {} was removed)", link.name);
+        Self { link, label, gone }
+    }
+}
+
 /// Everything a capture needs, resolved from the command line.
 #[derive(Debug, Clone)]
 pub struct CapturePlan {
-    /// Host links to attach to, each with a label for messages ("pod default/web").
-    pub links: Vec<(HostLink, String)>,
+    pub targets: Vec<Target>,
     pub output: Output,
     pub snaplen: u32,
     pub count: Option<u64>,
@@ -95,8 +111,8 @@ pub async fn run(
         ring_bytes: plan.ring_bytes,
     })?;
     let mut reader = RingReader::new(programs.take_ring()?).map_err(CaptureError::Ring)?;
-    for (link, _) in &plan.links {
-        programs.attach(link, plan.hooks, plan.tc_mode)?;
+    for target in &plan.targets {
+        programs.attach(&target.link, plan.hooks, plan.tc_mode)?;
     }
     let clock = Clock::measure();
     let mut sigint = signal(SignalKind::interrupt()).map_err(CaptureError::Signal)?;
@@ -131,7 +147,7 @@ pub async fn run(
         }
         if last_link_check.elapsed() >= LINK_CHECK_INTERVAL {
             last_link_check = Instant::now();
-            if let Some(gone) = all_links_gone(&plan.links) {
+            if let Some(gone) = all_links_gone(&plan.targets) {
                 break Ok(StopReason::TargetGone(gone));
             }
         }
@@ -203,21 +219,17 @@ impl Drain {
 }
 
 /// A message if none of the captured interfaces exists any more.
-fn all_links_gone(links: &[(HostLink, String)]) -> Option<String> {
+fn all_links_gone(targets: &[Target]) -> Option<String> {
     let exists = |l: &HostLink| {
         std::fs::read_to_string(Path::new("/sys/class/net").join(&l.name).join("ifindex"))
             .ok()
             .and_then(|s| crate::link::parse_ifindex(&s))
             == Some(l.ifindex)
     };
-    if links.iter().any(|(l, _)| exists(l)) {
+    if targets.iter().any(|t| exists(&t.link)) {
         return None;
     }
-    let (link, label) = links.first()?;
-    Some(format!(
-        "{label} is gone (host interface {} was removed)",
-        link.name
-    ))
+    Some(targets.first()?.gone.clone())
 }
 
 fn far_future() -> tokio::time::Instant {

@@ -2,13 +2,14 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use podtrace::{
     attach::{Hooks, TcMode},
-    capture::CapturePlan,
-    link::{self, HostLink},
+    capture::{CapturePlan, Target},
+    link,
     sink::Output,
+    target::{self, PodSelector, Sandbox},
 };
 
 /// tcpdump's default snapshot length.
@@ -32,6 +33,30 @@ pub struct Cli {
 pub enum Command {
     /// Capture packets of a pod (or a host interface, process or network namespace).
     Capture(CaptureArgs),
+    /// List the pods on this node with their IP and host veth.
+    Pods(PodsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PodsArgs {
+    /// Only pods of this namespace (default: "default", like kubectl).
+    #[arg(short = 'n', long, conflicts_with = "all_namespaces")]
+    pub namespace: Option<String>,
+
+    /// Pods of every namespace.
+    #[arg(short = 'A', long)]
+    pub all_namespaces: bool,
+
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RuntimeArgs {
+    /// CRI socket (unix:///run/containerd/containerd.sock); also from
+    /// CONTAINER_RUNTIME_ENDPOINT. Default: probe containerd, CRI-O, cri-dockerd.
+    #[arg(long, value_name = "ENDPOINT")]
+    pub runtime_endpoint: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -44,6 +69,17 @@ pub struct CaptureArgs {
     /// Namespace of the pod (default: "default", like kubectl).
     #[arg(short = 'n', long)]
     pub namespace: Option<String>,
+
+    /// The pod with this uid.
+    #[arg(long, value_name = "UID", conflicts_with_all = ["container", "iface", "pid", "netns"])]
+    pub uid: Option<String>,
+
+    /// The pod of this container (id or unique prefix, as `crictl ps` shows).
+    #[arg(long, value_name = "ID", conflicts_with_all = ["iface", "pid", "netns"])]
+    pub container: Option<String>,
+
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
 
     /// Capture a host interface instead of a pod.
     #[arg(short = 'i', long = "interface", value_name = "IFACE", conflicts_with_all = ["pid", "netns"])]
@@ -102,8 +138,8 @@ pub fn ring_bytes(kib: u32) -> u32 {
 
 impl CaptureArgs {
     /// Resolves the arguments into a plan: targets found, output chosen.
-    pub fn plan(&self) -> Result<CapturePlan> {
-        let (link, label, filter) = self.target()?;
+    pub async fn plan(&self) -> Result<CapturePlan> {
+        let (target, filter) = self.target().await?;
         if !filter.is_empty() {
             bail!(
                 "filter expressions are not supported yet: {:?}",
@@ -111,7 +147,7 @@ impl CaptureArgs {
             );
         }
         Ok(CapturePlan {
-            links: vec![(link, label)],
+            targets: vec![target],
             output: match self.write.as_deref() {
                 None => Output::Text,
                 Some("-") => Output::Stdout,
@@ -130,24 +166,117 @@ impl CaptureArgs {
         })
     }
 
-    /// The host link, a label for messages, and the filter words.
-    fn target(&self) -> Result<(HostLink, String, Vec<String>)> {
-        let words = self.words.clone();
+    /// The target and the filter words.
+    async fn target(&self) -> Result<(Target, Vec<String>)> {
+        let mut words = self.words.clone();
         if let Some(iface) = &self.iface {
-            return Ok((link::by_name(iface)?, format!("interface {iface}"), words));
+            let link = link::by_name(iface)?;
+            return Ok((Target::new(link, format!("interface {iface}")), words));
         }
         if let Some(pid) = self.pid {
-            return Ok((link::by_pid(pid)?, format!("process {pid}"), words));
+            return Ok((
+                Target::new(link::by_pid(pid)?, format!("process {pid}")),
+                words,
+            ));
         }
         if let Some(netns) = &self.netns {
             let label = format!("network namespace {}", netns.display());
-            return Ok((link::by_netns(netns)?, label, words));
+            return Ok((Target::new(link::by_netns(netns)?, label), words));
         }
-        let Some(pod) = words.first() else {
-            bail!(TargetMissing);
+        let selector = match (&self.uid, &self.container) {
+            (Some(uid), _) => PodSelector::Uid(uid.clone()),
+            (None, Some(id)) => PodSelector::Container(id.clone()),
+            (None, None) if words.is_empty() => bail!(TargetMissing),
+            (None, None) => PodSelector::parse(&words.remove(0), self.namespace.as_deref())?,
         };
-        bail!("cannot capture pod {pod:?}: pod targets are not supported yet; use -i, --pid or --netns")
+        let (mut client, endpoint) =
+            target::connect(self.runtime.runtime_endpoint.as_deref()).await?;
+        podtrace::verbose(format_args!("container runtime: {endpoint}"));
+        let sandbox = target::resolve(&mut client, &selector).await?;
+        Ok((pod_target(&sandbox)?, words))
     }
+}
+
+/// The host veth of a resolved pod sandbox.
+fn pod_target(sandbox: &Sandbox) -> Result<Target> {
+    let pod = sandbox.pod_name();
+    let pid = sandbox
+        .pid
+        .with_context(|| format!("the runtime reports no sandbox pid for pod {pod}"))?;
+    let link = link::by_pid(pid)?;
+    podtrace::verbose(format_args!(
+        "pod {pod}: sandbox {} pid {pid}, host veth {} (ifindex {})",
+        &sandbox.id[..sandbox.id.len().min(13)],
+        link.name,
+        link.ifindex
+    ));
+    let mut target = Target::new(link, format!("pod {pod}"));
+    target.gone = format!("pod {pod} was deleted");
+    Ok(target)
+}
+
+impl PodsArgs {
+    /// `podtrace pods`: a table like `kubectl get pods -o wide`, plus the veth.
+    pub async fn run(&self) -> Result<String> {
+        let (mut client, endpoint) =
+            target::connect(self.runtime.runtime_endpoint.as_deref()).await?;
+        podtrace::verbose(format_args!("container runtime: {endpoint}"));
+        let namespace = match (self.all_namespaces, &self.namespace) {
+            (true, _) => None,
+            (false, Some(ns)) => Some(ns.as_str()),
+            (false, None) => Some(target::DEFAULT_NAMESPACE),
+        };
+        let sandboxes = target::list(&mut client, namespace).await?;
+        let mut rows =
+            vec![["NAMESPACE", "NAME", "STATE", "IP", "VETH", "IFINDEX", "UID"].map(String::from)];
+        for s in &sandboxes {
+            let (veth, ifindex) = match (s.host_network, s.ready, s.pid) {
+                (true, _, _) => ("(host network)".into(), "-".into()),
+                (false, true, Some(pid)) => match link::by_pid(pid) {
+                    Ok(l) => (l.name, l.ifindex.to_string()),
+                    Err(e) => (format!("({e})"), "-".into()),
+                },
+                _ => ("-".into(), "-".into()),
+            };
+            rows.push([
+                s.namespace.clone(),
+                s.name.clone(),
+                if s.ready { "Ready" } else { "NotReady" }.into(),
+                s.ip.clone().unwrap_or_else(|| "-".into()),
+                veth,
+                ifindex,
+                s.uid.clone(),
+            ]);
+        }
+        if sandboxes.is_empty() {
+            return Ok(match namespace {
+                Some(ns) => format!("No pods found in {ns} namespace.\n"),
+                None => "No pods found.\n".into(),
+            });
+        }
+        Ok(table(&rows))
+    }
+}
+
+/// Left-aligned columns separated by three spaces, like kubectl.
+fn table(rows: &[[String; 7]]) -> String {
+    let mut widths = [0; 7];
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let mut out = String::new();
+    for row in rows {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(cells.join("   ").trim_end());
+        out.push('\n');
+    }
+    out
 }
 
 /// No pod and no -i/--pid/--netns.
@@ -158,13 +287,13 @@ pub struct TargetMissing;
 /// Context for the "listening on" line.
 pub fn describe_start(plan: &CapturePlan, mode: Option<TcMode>) -> String {
     let links: Vec<String> = plan
-        .links
+        .targets
         .iter()
-        .map(|(l, label)| {
-            if l.peer_is_target {
-                format!("{} ({label})", l.name)
+        .map(|t| {
+            if t.link.peer_is_target {
+                format!("{} ({})", t.link.name, t.label)
             } else {
-                l.name.clone()
+                t.link.name.clone()
             }
         })
         .collect();
@@ -192,6 +321,7 @@ mod tests {
         let cli = Cli::try_parse_from(["podtrace", "capture"].iter().chain(args))?;
         match cli.command {
             Command::Capture(c) => Ok(c),
+            Command::Pods(_) => unreachable!(),
         }
     }
 
@@ -233,6 +363,35 @@ mod tests {
         assert!(capture(&["-c", "0", "web"]).is_err());
         assert!(capture(&["--duration", "-1", "web"]).is_err());
         assert!(capture(&["-i", "a", "--pid", "1"]).is_err());
+    }
+
+    #[test]
+    fn pod_selector_forms() {
+        let c = capture(&["--uid", "1234-5678"]).unwrap();
+        assert_eq!(c.uid.as_deref(), Some("1234-5678"));
+        let c = capture(&[
+            "--container",
+            "abc1",
+            "--runtime-endpoint",
+            "unix:///x.sock",
+        ])
+        .unwrap();
+        assert_eq!(c.container.as_deref(), Some("abc1"));
+        assert_eq!(
+            c.runtime.runtime_endpoint.as_deref(),
+            Some("unix:///x.sock")
+        );
+        assert!(capture(&["--uid", "u", "-i", "eth0"]).is_err());
+    }
+
+    #[test]
+    fn pods_table_aligns_columns() {
+        let row =
+            |a: &str, b: &str| [a, b, "Ready", "10.0.0.1", "veth1", "7", "u"].map(String::from);
+        let out = table(&[row("NAMESPACE", "NAME"), row("default", "a-long-name")]);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines[0].find("NAME "), lines[1].find("a-long-name"));
+        assert_eq!(lines[0].find("Ready"), lines[1].find("Ready"));
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod link;
 pub mod preflight;
 pub mod ring;
 pub mod sink;
+pub mod target;
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
@@ -23,7 +24,7 @@ pub fn set_verbosity(level: u8) {
 }
 
 /// Prints a diagnostic line on stderr when `-v` was given.
-pub(crate) fn verbose(args: std::fmt::Arguments<'_>) {
+pub fn verbose(args: std::fmt::Arguments<'_>) {
     if VERBOSITY.load(Ordering::Relaxed) > 0 {
         eprintln!("podtrace: {args}");
     }

@@ -6,9 +6,10 @@ use std::process::ExitCode;
 
 use cli::Command;
 use podtrace::{
-    capture::{self, CaptureError, StopReason},
+    capture::{self, StopReason},
     link::LinkError,
     preflight,
+    target::TargetError,
 };
 
 fn main() -> ExitCode {
@@ -30,7 +31,7 @@ fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Capture(args) => {
             preflight::check()?;
-            let plan = args.plan()?;
+            let plan = runtime.block_on(args.plan())?;
             let start_line = |mode| cli::describe_start(&plan, mode);
             let summary = runtime.block_on(capture::run(plan.clone(), |programs| {
                 eprintln!("podtrace: {}", start_line(programs.mode_used));
@@ -39,6 +40,10 @@ fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
                 eprintln!("podtrace: {what}");
             }
             eprintln!("{}", summary.line());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Pods(args) => {
+            print!("{}", runtime.block_on(args.run())?);
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -66,10 +71,22 @@ fn exit_code(err: &anyhow::Error) -> u8 {
     if err.downcast_ref::<cli::TargetMissing>().is_some() {
         return 2;
     }
-    if let Some(CaptureError::Attach(_) | CaptureError::Sink(_)) =
-        err.downcast_ref::<CaptureError>()
-    {
-        return 1;
+    if let Some(e) = err.downcast_ref::<TargetError>() {
+        use TargetError as T;
+        let bad = matches!(
+            e,
+            T::InvalidSelector { .. }
+                | T::NamespaceConflict { .. }
+                | T::InvalidEndpoint(_)
+                | T::PodNotFound { .. }
+                | T::UidNotFound(_)
+                | T::ContainerNotFound(_)
+                | T::AmbiguousContainer { .. }
+                | T::SandboxNotFound(_)
+                | T::NotReady { .. }
+                | T::HostNetwork { .. }
+        );
+        return if bad { 2 } else { 1 };
     }
     1
 }

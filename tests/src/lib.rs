@@ -4,4 +4,10 @@
 //! would, so podtrace meets real pods (pause sandbox, CNI veth, app container) without a cluster.
 //! Everything it needs is built locally; it needs root.
 
+pub mod netns;
 pub mod node;
+pub mod run;
+mod sh;
+pub mod tshark;
+
+pub use sh::sh;

@@ -1,0 +1,308 @@
+//! Capturing a veth/netns/pid target and checking the file against what was sent.
+
+use std::{
+    io::{Read, Write},
+    net::{TcpListener, TcpStream, UdpSocket},
+    path::Path,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{ensure, Context, Result};
+use podtrace_tests::{
+    netns::TestNet,
+    run::{self, loaded_podtrace_programs, Capture},
+    tshark,
+};
+
+/// Checks every podtrace test ends with: nothing of ours left loaded.
+pub fn assert_nothing_loaded() -> Result<()> {
+    // Program fds close as the process exits; give the kernel a moment.
+    for _ in 0..50 {
+        if loaded_podtrace_programs()?.is_empty() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    anyhow::bail!(
+        "podtrace programs still loaded: {:?}",
+        loaded_podtrace_programs()?
+    )
+}
+
+fn now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+/// A known byte pattern of length `n`.
+fn pattern(n: usize, seed: u8) -> Vec<u8> {
+    (0..n)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+/// Sends `request` over TCP from the host to the namespace, which answers
+/// with `reply`. Returns once both sides are done.
+fn tcp_exchange(net: &TestNet, request: &[u8], reply: &[u8]) -> Result<()> {
+    let listener = net.within(|| TcpListener::bind((net.ns_ip, 9000)))??;
+    std::thread::scope(|s| -> Result<()> {
+        let server = s.spawn(|| -> Result<Vec<u8>> {
+            let (mut conn, _) = listener.accept()?;
+            let mut got = vec![0; request.len()];
+            conn.read_exact(&mut got)?;
+            conn.write_all(reply)?;
+            Ok(got)
+        });
+        let mut client = TcpStream::connect((net.ns_ip, 9000))?;
+        client.write_all(request)?;
+        let mut answer = vec![0; reply.len()];
+        client.read_exact(&mut answer)?;
+        drop(client);
+        let got = server.join().unwrap()?;
+        ensure!(
+            got == request && answer == reply,
+            "the TCP exchange itself failed"
+        );
+        Ok(())
+    })
+}
+
+/// Concatenated TCP payload from `src` in capture order, as bytes.
+fn tcp_payload_from(file: &Path, src: &str) -> Result<Vec<u8>> {
+    let rows = tshark::fields(
+        file,
+        &format!("ip.src=={src} && tcp.len>0"),
+        &["tcp.payload"],
+    )?;
+    let mut out = Vec::new();
+    for row in rows {
+        let hex = row[0].replace(':', "");
+        for i in (0..hex.len()).step_by(2) {
+            out.push(u8::from_str_radix(&hex[i..i + 2], 16)?);
+        }
+    }
+    Ok(out)
+}
+
+/// ICMP + TCP both ways on `net`, captured with `target_args`; the file
+/// must hold exactly that, with sane timestamps.
+fn icmp_and_tcp(net: &TestNet, target_args: &[&str]) -> Result<()> {
+    let dir = tempdir()?;
+    let file = dir.path().join("out.pcap");
+    let mut args = vec!["capture"];
+    args.extend_from_slice(target_args);
+    args.extend_from_slice(&["-w", file.to_str().unwrap()]);
+    let start = now();
+    let capture = Capture::start(&args)?;
+    net.ping(5, 56)?;
+    let request = pattern(3000, 1);
+    let reply = pattern(1200, 7);
+    tcp_exchange(net, &request, &reply)?;
+    let end = now();
+    let done = capture.stop(libc::SIGINT)?;
+    ensure!(done.status.success(), "podtrace failed: {}", done.stderr);
+    let (captured, lost) = done.summary()?;
+    ensure!(lost == 0, "lost {lost}");
+
+    let (host, ns) = (net.host_ip.to_string(), net.ns_ip.to_string());
+    let requests = tshark::count(&file, &format!("icmp.type==8 && ip.src=={host}"))?;
+    let replies = tshark::count(&file, &format!("icmp.type==0 && ip.src=={ns}"))?;
+    ensure!(
+        (requests, replies) == (5, 5),
+        "ICMP requests/replies {requests}/{replies}, want 5/5"
+    );
+    ensure!(
+        tcp_payload_from(&file, &host)? == request,
+        "host→ns TCP payload differs"
+    );
+    ensure!(
+        tcp_payload_from(&file, &ns)? == reply,
+        "ns→host TCP payload differs"
+    );
+
+    let times = tshark::fields(&file, "", &["frame.time_epoch"])?;
+    ensure!(
+        times.len() as u64 == captured,
+        "file has {} packets, summary says {captured}",
+        times.len()
+    );
+    let times: Vec<f64> = times
+        .iter()
+        .map(|r| r[0].parse())
+        .collect::<Result<_, _>>()?;
+    ensure!(
+        times.windows(2).all(|w| w[0] <= w[1]),
+        "timestamps go backwards: {times:?}"
+    );
+    ensure!(
+        times.iter().all(|&t| t >= start - 0.5 && t <= end + 0.5),
+        "timestamps outside [{start}, {end}]: {times:?}"
+    );
+    assert_nothing_loaded()
+}
+
+pub fn iface_icmp_and_tcp_both_directions() -> Result<()> {
+    let net = TestNet::new()?;
+    icmp_and_tcp(&net, &["-i", &net.host_if])
+}
+
+pub fn netns_target() -> Result<()> {
+    let net = TestNet::new()?;
+    icmp_and_tcp(&net, &["--netns", net.netns_path().to_str().unwrap()])
+}
+
+/// --pid, text output: directions are the target's (a ping to it is "In").
+pub fn pid_target_text_directions() -> Result<()> {
+    let mut net = TestNet::new()?;
+    let pid = net.spawn_sleeper()?.to_string();
+    icmp_and_tcp(&net, &["--pid", &pid])?;
+
+    let capture = Capture::start(&["capture", "--pid", &pid, "-c", "6"])?;
+    net.ping(3, 56)?;
+    let done = capture.wait(Duration::from_secs(10))?;
+    ensure!(done.status.success(), "{}", done.stderr);
+    let lines: Vec<&str> = done.stdout.lines().filter(|l| l.contains("ICMP")).collect();
+    ensure!(lines.len() == 6, "want 6 ICMP lines:\n{}", done.stdout);
+    let (host, ns) = (net.host_ip, net.ns_ip);
+    for line in lines {
+        let ok = (line.contains(" In  ")
+            && line.contains(&format!("{host} > {ns}: ICMP echo request")))
+            || (line.contains(" Out ")
+                && line.contains(&format!("{ns} > {host}: ICMP echo reply")));
+        ensure!(ok, "wrong direction or text: {line}");
+    }
+    assert_nothing_loaded()
+}
+
+pub fn snaplen_is_honoured() -> Result<()> {
+    let net = TestNet::new()?;
+    let dir = tempdir()?;
+    let file = dir.path().join("s.pcap");
+    let capture = Capture::start(&[
+        "capture",
+        "-i",
+        &net.host_if,
+        "-s",
+        "64",
+        "-w",
+        file.to_str().unwrap(),
+    ])?;
+    net.ping(3, 1000)?;
+    let done = capture.stop(libc::SIGINT)?;
+    ensure!(done.status.success(), "{}", done.stderr);
+    let rows = tshark::fields(&file, "icmp", &["frame.len", "frame.cap_len"])?;
+    ensure!(rows.len() == 6, "want 6 ICMP packets, got {}", rows.len());
+    for row in rows {
+        ensure!(
+            row == ["1042", "64"],
+            "frame.len/cap_len {row:?}, want 1042/64"
+        );
+    }
+    Ok(())
+}
+
+/// Ctrl-C right after a burst: every packet sent before it is in the file.
+pub fn sigint_after_burst_loses_nothing() -> Result<()> {
+    const BURST: usize = 5000;
+    let net = TestNet::new()?;
+    let dir = tempdir()?;
+    let file = dir.path().join("b.pcap");
+    let capture = Capture::start(&["capture", "-i", &net.host_if, "-w", file.to_str().unwrap()])?;
+    let sock = UdpSocket::bind((net.host_ip, 0))?;
+    let payload = pattern(32, 3);
+    for _ in 0..BURST {
+        sock.send_to(&payload, (net.ns_ip, 9999))?;
+    }
+    // The egress hook ran inside send_to: every datagram is in the ring now.
+    let done = capture.stop(libc::SIGINT)?;
+    ensure!(done.status.success(), "{}", done.stderr);
+    let got = tshark::count(&file, "udp.dstport==9999 && !icmp")?;
+    ensure!(
+        got == BURST,
+        "{got} of {BURST} burst packets in the file ({})",
+        done.stderr
+    );
+    Ok(())
+}
+
+pub fn count_and_duration_stop() -> Result<()> {
+    let net = TestNet::new()?;
+    let capture = Capture::start(&["capture", "-i", &net.host_if, "-c", "4", "-w", "/dev/null"])?;
+    net.ping(4, 56)?;
+    let done = capture.wait(Duration::from_secs(10))?;
+    ensure!(
+        done.status.success() && done.summary()?.0 == 4,
+        "-c 4: {}",
+        done.stderr
+    );
+
+    let started = std::time::Instant::now();
+    let done = run::run(&[
+        "capture",
+        "-i",
+        &net.host_if,
+        "--duration",
+        "1",
+        "-w",
+        "/dev/null",
+    ])?;
+    let took = started.elapsed();
+    ensure!(done.status.success(), "{}", done.stderr);
+    ensure!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(6),
+        "--duration 1 took {took:?}"
+    );
+    assert_nothing_loaded()
+}
+
+pub fn sigterm_stops_cleanly() -> Result<()> {
+    let net = TestNet::new()?;
+    let dir = tempdir()?;
+    let file = dir.path().join("t.pcap");
+    let capture = Capture::start(&["capture", "-i", &net.host_if, "-w", file.to_str().unwrap()])?;
+    net.ping(2, 56)?;
+    let done = capture.stop(libc::SIGTERM)?;
+    ensure!(done.status.success(), "{}", done.stderr);
+    ensure!(
+        tshark::count(&file, "icmp")? == 4,
+        "want 4 ICMP packets after SIGTERM"
+    );
+    assert_nothing_loaded()
+}
+
+/// The namespace (and so the veth) disappears: podtrace stops by itself and
+/// the file stays readable.
+pub fn netns_deleted_mid_capture() -> Result<()> {
+    let net = TestNet::new()?;
+    let dir = tempdir()?;
+    let file = dir.path().join("g.pcap");
+    let path = net.netns_path();
+    let capture = Capture::start(&[
+        "capture",
+        "--netns",
+        path.to_str().unwrap(),
+        "-w",
+        file.to_str().unwrap(),
+    ])?;
+    net.ping(2, 56)?;
+    drop(net);
+    let done = capture.wait(Duration::from_secs(10))?;
+    ensure!(done.status.success(), "{}", done.stderr);
+    ensure!(
+        done.stderr.contains("is gone"),
+        "no 'gone' message: {}",
+        done.stderr
+    );
+    ensure!(tshark::count(&file, "icmp")? == 4, "want 4 ICMP packets");
+    assert_nothing_loaded()
+}
+
+/// A temporary directory removed when the test ends.
+pub fn tempdir() -> Result<tempfile::TempDir> {
+    tempfile::Builder::new()
+        .prefix("podtrace-e2e-")
+        .tempdir()
+        .context("creating a temp dir")
+}

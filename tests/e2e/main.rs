@@ -1,0 +1,124 @@
+//! podtrace's end-to-end tests: the real binary, real eBPF programs attached
+//! to real veths, real traffic, captures read back with tshark.
+//!
+//! Run as root through `cargo xtask test`. When a prerequisite is missing the
+//! tests are ignored with the reason — unless PODTRACE_E2E_REQUIRED=1 (set by
+//! xtask under CI=true), where they fail instead.
+
+mod capture;
+mod coexist;
+mod errors;
+
+use std::process::ExitCode;
+
+use libtest_mimic::{Arguments, Failed, Trial};
+
+type TestFn = fn() -> anyhow::Result<()>;
+
+const TESTS: &[(&str, TestFn)] = &[
+    (
+        "capture::iface_icmp_and_tcp_both_directions",
+        capture::iface_icmp_and_tcp_both_directions,
+    ),
+    (
+        "capture::pid_target_text_directions",
+        capture::pid_target_text_directions,
+    ),
+    ("capture::netns_target", capture::netns_target),
+    ("capture::snaplen_is_honoured", capture::snaplen_is_honoured),
+    (
+        "capture::sigint_after_burst_loses_nothing",
+        capture::sigint_after_burst_loses_nothing,
+    ),
+    (
+        "capture::count_and_duration_stop",
+        capture::count_and_duration_stop,
+    ),
+    (
+        "capture::sigterm_stops_cleanly",
+        capture::sigterm_stops_cleanly,
+    ),
+    (
+        "capture::netns_deleted_mid_capture",
+        capture::netns_deleted_mid_capture,
+    ),
+    (
+        "coexist::tcx_foreign_programs_keep_running",
+        coexist::tcx_foreign_programs_keep_running,
+    ),
+    (
+        "coexist::clsact_mode_keeps_foreign_filters",
+        coexist::clsact_mode_keeps_foreign_filters,
+    ),
+    (
+        "coexist::sigkill_leaves_nothing_attached_tcx",
+        coexist::sigkill_leaves_nothing_attached_tcx,
+    ),
+    (
+        "coexist::sigkill_clsact_cleaned_by_next_start",
+        coexist::sigkill_clsact_cleaned_by_next_start,
+    ),
+    ("errors::not_root", errors::not_root),
+    ("errors::interface_not_found", errors::interface_not_found),
+    ("errors::pid_not_found", errors::pid_not_found),
+    ("errors::netns_not_found", errors::netns_not_found),
+    (
+        "errors::netns_without_veth_peer",
+        errors::netns_without_veth_peer,
+    ),
+    ("errors::pid_in_host_netns", errors::pid_in_host_netns),
+    ("errors::kernel_without_btf", errors::kernel_without_btf),
+    ("errors::unwritable_output", errors::unwritable_output),
+    (
+        "errors::output_file_is_private",
+        errors::output_file_is_private,
+    ),
+    ("errors::no_target", errors::no_target),
+];
+
+/// Why the tests cannot run here, if they cannot.
+fn missing_prerequisite() -> Option<String> {
+    // SAFETY: no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("not root".into());
+    }
+    let bin = podtrace_tests::run::bin();
+    if !bin.exists() {
+        return Some(format!(
+            "{} not built (cargo xtask test builds it)",
+            bin.display()
+        ));
+    }
+    for tool in ["tshark", "bpftool", "busybox", "ip", "clang", "tc"] {
+        if podtrace_tests::sh(&["sh", "-c", &format!("command -v {tool}")]).is_err() {
+            return Some(format!(
+                "{tool} not installed (cargo xtask setup installs it)"
+            ));
+        }
+    }
+    None
+}
+
+fn main() -> ExitCode {
+    let mut args = Arguments::from_args();
+    // The tests share the kernel's TC hooks and bpftool's view: one at a time.
+    args.test_threads = Some(1);
+    let required = std::env::var("PODTRACE_E2E_REQUIRED").is_ok_and(|v| v == "1");
+    let missing = missing_prerequisite();
+    if let Some(why) = &missing {
+        eprintln!("e2e: cannot run: {why}");
+    }
+    let trials = TESTS
+        .iter()
+        .map(|&(name, test)| {
+            let ignored = missing.is_some() && !required;
+            let missing = missing.clone();
+            Trial::test(name, move || match &missing {
+                Some(why) => Err(Failed::from(format!("cannot run: {why}"))),
+                None => test().map_err(|e| Failed::from(format!("{e:#}"))),
+            })
+            .with_ignored_flag(ignored)
+        })
+        .collect();
+    libtest_mimic::run(&args, trials).exit_code()
+}

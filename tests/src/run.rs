@@ -1,0 +1,203 @@
+//! Running the real podtrace binary the way a user would.
+
+use std::{
+    io::{BufRead, BufReader, Read},
+    path::PathBuf,
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+
+/// The binary under test: `PODTRACE_BIN` (set by `cargo xtask test`), else
+/// the workspace's debug build.
+pub fn bin() -> PathBuf {
+    std::env::var_os("PODTRACE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/podtrace")
+        })
+}
+
+/// A finished podtrace run.
+#[derive(Debug)]
+pub struct Finished {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Finished {
+    /// (captured, lost) from the summary line.
+    pub fn summary(&self) -> Result<(u64, u64)> {
+        let line = self
+            .stderr
+            .lines()
+            .find(|l| l.contains("packets captured"))
+            .with_context(|| format!("no summary line in stderr:\n{}", self.stderr))?;
+        let nums: Vec<u64> = line
+            .split_whitespace()
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        match nums[..] {
+            [captured, lost]
+                if line == format!("{captured} packets captured, {lost} lost in kernel") =>
+            {
+                Ok((captured, lost))
+            }
+            _ => bail!("unexpected summary line {line:?}"),
+        }
+    }
+}
+
+/// Runs podtrace to completion (error paths, -c, --duration).
+pub fn run(args: &[&str]) -> Result<Finished> {
+    run_with_env(args, &[])
+}
+
+/// [`run`] with extra environment variables.
+pub fn run_with_env(args: &[&str], env: &[(&str, &str)]) -> Result<Finished> {
+    let out = Command::new(bin())
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {}", bin().display()))?;
+    Ok(Finished {
+        status: out.status,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    })
+}
+
+/// A capture running in the background.
+pub struct Capture {
+    child: Child,
+    stderr: mpsc::Receiver<String>,
+    stderr_seen: Vec<String>,
+    stdout: Option<thread::JoinHandle<String>>,
+}
+
+impl Capture {
+    /// Starts podtrace and waits until it says it is capturing.
+    pub fn start(args: &[&str]) -> Result<Self> {
+        let mut child = Command::new(bin())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {}", bin().display()))?;
+        let (tx, rx) = mpsc::channel();
+        let err = child.stderr.take().unwrap();
+        thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut out = child.stdout.take().unwrap();
+        let stdout = thread::spawn(move || {
+            let mut s = String::new();
+            let _ = out.read_to_string(&mut s);
+            s
+        });
+        let mut capture = Self {
+            child,
+            stderr: rx,
+            stderr_seen: Vec::new(),
+            stdout: Some(stdout),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            match capture.stderr.recv_timeout(Duration::from_millis(100)) {
+                Ok(line) => {
+                    let started = line.contains("capturing on");
+                    capture.stderr_seen.push(line);
+                    if started {
+                        return Ok(capture);
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if let Some(status) = capture.child.try_wait()? {
+                        bail!(
+                            "podtrace exited ({status}) before capturing:\n{}",
+                            capture.stderr_seen.join("\n")
+                        );
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let status = capture.child.wait()?;
+                    bail!(
+                        "podtrace exited ({status}) before capturing:\n{}",
+                        capture.stderr_seen.join("\n")
+                    );
+                }
+            }
+        }
+        let _ = capture.child.kill();
+        bail!(
+            "podtrace did not start capturing in 20 s:\n{}",
+            capture.stderr_seen.join("\n")
+        )
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` and waits for podtrace to exit.
+    pub fn stop(self, signal: i32) -> Result<Finished> {
+        // SAFETY: signalling our own child by pid.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+        self.wait(Duration::from_secs(20))
+    }
+
+    /// Waits for podtrace to end by itself (-c, --duration, target gone).
+    pub fn wait(mut self, timeout: Duration) -> Result<Finished> {
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Some(status) = self.child.try_wait()? {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                bail!("podtrace did not exit within {timeout:?}");
+            }
+            thread::sleep(Duration::from_millis(20));
+        };
+        let stdout = self.stdout.take().unwrap().join().unwrap_or_default();
+        self.stderr_seen.extend(self.stderr.iter());
+        Ok(Finished {
+            status,
+            stdout,
+            stderr: self.stderr_seen.join("\n"),
+        })
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Names of loaded eBPF programs that are podtrace's (bpftool truncates
+/// names to 15 characters: podtrace_ingres, podtrace_egress).
+pub fn loaded_podtrace_programs() -> Result<Vec<String>> {
+    let out = Command::new("bpftool")
+        .args(["prog", "show"])
+        .output()
+        .context("running bpftool")?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("name podtrace_"))
+        .map(str::to_owned)
+        .collect())
+}

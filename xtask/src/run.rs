@@ -1,0 +1,127 @@
+//! Running cargo and the other commands xtask drives.
+
+use std::{
+    borrow::BorrowMut,
+    ffi::OsStr,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context, Result};
+
+use crate::{ebpf, setup};
+
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+pub fn cmd<I, S>(program: &str, args: I) -> Command
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let mut c = Command::new(program);
+    c.args(args).current_dir(workspace());
+    c
+}
+
+/// Runs a command (owned or borrowed), failing if it fails.
+pub fn status(mut c: impl BorrowMut<Command>) -> Result<()> {
+    let c = c.borrow_mut();
+    let st = c.status().with_context(|| format!("running {c:?}"))?;
+    if !st.success() {
+        bail!("{c:?} failed ({st})");
+    }
+    Ok(())
+}
+
+fn is_root() -> bool {
+    // SAFETY: no preconditions.
+    unsafe { libc_geteuid() == 0 }
+}
+
+extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
+/// The podtrace binary the end-to-end tests and the demo run.
+fn podtrace_bin(profile: &str) -> PathBuf {
+    workspace().join("target").join(profile).join("podtrace")
+}
+
+pub fn build() -> Result<()> {
+    ebpf::build()?;
+    status(cmd("cargo", ["build", "--release", "-p", "podtrace"]))
+}
+
+pub fn test(unit_only: bool, filter: &[String]) -> Result<()> {
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+    if !unit_only && !is_root() {
+        bail!("the end-to-end tests need root (real pods, real eBPF); run as root, or `cargo xtask test --unit`");
+    }
+    if is_root() {
+        setup::apt()?;
+    }
+    ebpf::build()?;
+    status(cmd(
+        "cargo",
+        ["test", "--workspace", "--exclude", "podtrace-tests"],
+    ))?;
+    if unit_only {
+        return Ok(());
+    }
+    status(cmd("cargo", ["build", "-p", "podtrace"]))?;
+    let mut e2e = cmd("cargo", ["test", "-p", "podtrace-tests", "--"]);
+    e2e.args(filter)
+        .env("PODTRACE_BIN", podtrace_bin("debug"))
+        // Outside CI a missing prerequisite may skip; in CI it fails.
+        .env("PODTRACE_E2E_REQUIRED", if ci { "1" } else { "0" });
+    status(&mut e2e)
+}
+
+pub fn demo() -> Result<()> {
+    if !is_root() {
+        bail!(
+            "the demo needs root: it starts a throwaway containerd node and attaches eBPF programs"
+        );
+    }
+    setup::apt()?;
+    build()?;
+    let mut demo = cmd(
+        "cargo",
+        [
+            "run",
+            "--quiet",
+            "--release",
+            "-p",
+            "podtrace-tests",
+            "--bin",
+            "podtrace-demo",
+        ],
+    );
+    demo.env("PODTRACE_BIN", podtrace_bin("release"));
+    status(&mut demo)
+}
+
+pub fn lint() -> Result<()> {
+    ebpf::build()?;
+    status(cmd("cargo", ["fmt", "--all", "--check"]))?;
+    status(cmd(
+        "cargo",
+        [
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    ))?;
+    let mut ebpf_fmt = cmd("cargo", ["+nightly", "fmt", "--check"]);
+    ebpf_fmt.current_dir(workspace().join("podtrace-ebpf"));
+    status(&mut ebpf_fmt)
+}
