@@ -8,25 +8,55 @@ use std::{
 };
 
 use anyhow::{ensure, Context, Result};
+use aya::programs::{SchedClassifier, TcAttachType};
 use podtrace_tests::{
     netns::TestNet,
-    run::{self, loaded_podtrace_programs, Capture},
+    run::{self, Capture, Finished},
     tshark,
 };
 
-/// Checks every podtrace test ends with: nothing of ours left loaded.
-pub fn assert_nothing_loaded() -> Result<()> {
+/// After a run: the programs it loaded are gone from the kernel, and
+/// nothing of podtrace's is attached to `iface` (TCX or clsact). Scoped to
+/// this run, so suites running side by side do not see each other.
+pub fn assert_released(done: &Finished, iface: &str) -> Result<()> {
+    ensure!(
+        !done.prog_ids.is_empty(),
+        "podtrace held no eBPF programs while capturing?"
+    );
     // Program fds close as the process exits; give the kernel a moment.
+    let mut left = done.prog_ids.clone();
     for _ in 0..50 {
-        if loaded_podtrace_programs()?.is_empty() {
-            return Ok(());
+        left.retain(|&id| run::prog_exists(id));
+        if left.is_empty() {
+            break;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    anyhow::bail!(
-        "podtrace programs still loaded: {:?}",
-        loaded_podtrace_programs()?
-    )
+    ensure!(
+        left.is_empty(),
+        "podtrace's programs {left:?} are still loaded"
+    );
+    if std::path::Path::new("/sys/class/net").join(iface).exists() {
+        for hook in [TcAttachType::Ingress, TcAttachType::Egress] {
+            let (_, programs) = SchedClassifier::query_tcx(iface, hook)?;
+            let ours: Vec<_> = programs
+                .iter()
+                .filter(|p| p.name_as_str().is_some_and(|n| n.starts_with("podtrace")))
+                .map(|p| p.id())
+                .collect();
+            ensure!(
+                ours.is_empty(),
+                "podtrace programs {ours:?} still attached to {iface}"
+            );
+        }
+        let filters = podtrace_tests::sh(&["tc", "filter", "show", "dev", iface, "ingress"])?
+            + &podtrace_tests::sh(&["tc", "filter", "show", "dev", iface, "egress"])?;
+        ensure!(
+            !filters.contains("podtrace"),
+            "podtrace filters left on {iface}:\n{filters}"
+        );
+    }
+    Ok(())
 }
 
 fn now() -> f64 {
@@ -140,7 +170,7 @@ fn icmp_and_tcp(net: &TestNet, target_args: &[&str]) -> Result<()> {
         times.iter().all(|&t| t >= start - 0.5 && t <= end + 0.5),
         "timestamps outside [{start}, {end}]: {times:?}"
     );
-    assert_nothing_loaded()
+    assert_released(&done, &net.host_if)
 }
 
 pub fn iface_icmp_and_tcp_both_directions() -> Result<()> {
@@ -173,7 +203,7 @@ pub fn pid_target_text_directions() -> Result<()> {
                 && line.contains(&format!("{ns} > {host}: ICMP echo reply")));
         ensure!(ok, "wrong direction or text: {line}");
     }
-    assert_nothing_loaded()
+    assert_released(&done, &net.host_if)
 }
 
 pub fn snaplen_is_honoured() -> Result<()> {
@@ -231,11 +261,11 @@ pub fn count_and_duration_stop() -> Result<()> {
     let net = TestNet::new()?;
     let capture = Capture::start(&["capture", "-i", &net.host_if, "-c", "4", "-w", "/dev/null"])?;
     net.ping(4, 56)?;
-    let done = capture.wait(Duration::from_secs(10))?;
+    let first = capture.wait(Duration::from_secs(10))?;
     ensure!(
-        done.status.success() && done.summary()?.0 == 4,
+        first.status.success() && first.summary()?.0 == 4,
         "-c 4: {}",
-        done.stderr
+        first.stderr
     );
 
     let started = std::time::Instant::now();
@@ -254,7 +284,7 @@ pub fn count_and_duration_stop() -> Result<()> {
         took >= Duration::from_secs(1) && took < Duration::from_secs(6),
         "--duration 1 took {took:?}"
     );
-    assert_nothing_loaded()
+    assert_released(&first, &net.host_if)
 }
 
 pub fn sigterm_stops_cleanly() -> Result<()> {
@@ -269,7 +299,7 @@ pub fn sigterm_stops_cleanly() -> Result<()> {
         tshark::count(&file, "icmp")? == 4,
         "want 4 ICMP packets after SIGTERM"
     );
-    assert_nothing_loaded()
+    assert_released(&done, &net.host_if)
 }
 
 /// The namespace (and so the veth) disappears: podtrace stops by itself and
@@ -287,6 +317,7 @@ pub fn netns_deleted_mid_capture() -> Result<()> {
         file.to_str().unwrap(),
     ])?;
     net.ping(2, 56)?;
+    let host_if = net.host_if.clone();
     drop(net);
     let done = capture.wait(Duration::from_secs(10))?;
     ensure!(done.status.success(), "{}", done.stderr);
@@ -296,7 +327,7 @@ pub fn netns_deleted_mid_capture() -> Result<()> {
         done.stderr
     );
     ensure!(tshark::count(&file, "icmp")? == 4, "want 4 ICMP packets");
-    assert_nothing_loaded()
+    assert_released(&done, &host_if)
 }
 
 /// A temporary directory removed when the test ends.

@@ -15,7 +15,7 @@ use aya::{
 };
 use podtrace_tests::{netns::TestNet, run::Capture, sh, tshark};
 
-use crate::capture::{assert_nothing_loaded, tempdir};
+use crate::capture::{assert_released, tempdir};
 
 const PORTS: [u16; 3] = [7777, 7778, 7779];
 const PER_PORT: usize = 10;
@@ -127,7 +127,7 @@ pub fn tcx_foreign_programs_keep_running() -> Result<()> {
         "foreign programs stopped working"
     );
     drop((before, after));
-    assert_nothing_loaded()
+    assert_released(&done, &net.host_if)
 }
 
 fn tc_filters(iface: &str) -> Result<String> {
@@ -195,7 +195,7 @@ pub fn clsact_mode_keeps_foreign_filters() -> Result<()> {
         send_and_count(&net)? == [0, PER_PORT, PER_PORT],
         "foreign filter stopped working"
     );
-    assert_nothing_loaded()
+    assert_released(&done, &net.host_if)
 }
 
 fn capture_uses_clsact(iface: &str) -> Result<bool> {
@@ -205,8 +205,8 @@ fn capture_uses_clsact(iface: &str) -> Result<bool> {
 pub fn sigkill_leaves_nothing_attached_tcx() -> Result<()> {
     let net = TestNet::new()?;
     let capture = Capture::start(&["capture", "-i", &net.host_if, "-w", "/dev/null"])?;
-    let _ = capture.stop(libc::SIGKILL)?;
-    assert_nothing_loaded()?;
+    let killed = capture.stop(libc::SIGKILL)?;
+    assert_released(&killed, &net.host_if)?;
     let (_, programs) = SchedClassifier::query_tcx(&net.host_if, TcAttachType::Ingress)?;
     ensure!(
         programs.is_empty(),
@@ -228,7 +228,7 @@ pub fn sigkill_clsact_cleaned_by_next_start() -> Result<()> {
         "-w",
         "/dev/null",
     ];
-    let _ = Capture::start(&args)?.stop(libc::SIGKILL)?;
+    let killed = Capture::start(&args)?.stop(libc::SIGKILL)?;
     ensure!(
         capture_uses_clsact(&net.host_if)?,
         "expected the killed run's filter to remain"
@@ -240,5 +240,7 @@ pub fn sigkill_clsact_cleaned_by_next_start() -> Result<()> {
         !filters.contains("podtrace"),
         "stale filter not cleaned:\n{filters}"
     );
-    assert_nothing_loaded()
+    assert_released(&done, &net.host_if)?;
+    // The killed run's program was held only by its filter, now removed.
+    assert_released(&killed, &net.host_if)
 }

@@ -27,6 +27,8 @@ pub struct Finished {
     pub status: ExitStatus,
     pub stdout: String,
     pub stderr: String,
+    /// eBPF programs the run held while capturing (empty for [`run`]).
+    pub prog_ids: Vec<u32>,
 }
 
 impl Finished {
@@ -69,6 +71,7 @@ pub fn run_with_env(args: &[&str], env: &[(&str, &str)]) -> Result<Finished> {
         status: out.status,
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        prog_ids: Vec::new(),
     })
 }
 
@@ -78,6 +81,7 @@ pub struct Capture {
     stderr: mpsc::Receiver<String>,
     stderr_seen: Vec<String>,
     stdout: Option<thread::JoinHandle<String>>,
+    prog_ids: Vec<u32>,
 }
 
 impl Capture {
@@ -110,6 +114,7 @@ impl Capture {
             stderr: rx,
             stderr_seen: Vec::new(),
             stdout: Some(stdout),
+            prog_ids: Vec::new(),
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
@@ -118,6 +123,7 @@ impl Capture {
                     let started = line.contains("capturing on");
                     capture.stderr_seen.push(line);
                     if started {
+                        capture.prog_ids = prog_ids_of(capture.child.id());
                         return Ok(capture);
                     }
                 }
@@ -175,6 +181,7 @@ impl Capture {
             status,
             stdout,
             stderr: self.stderr_seen.join("\n"),
+            prog_ids: std::mem::take(&mut self.prog_ids),
         })
     }
 }
@@ -188,16 +195,28 @@ impl Drop for Capture {
     }
 }
 
-/// Names of loaded eBPF programs that are podtrace's (bpftool truncates
-/// names to 15 characters: podtrace_ingres, podtrace_egress).
-pub fn loaded_podtrace_programs() -> Result<Vec<String>> {
-    let out = Command::new("bpftool")
-        .args(["prog", "show"])
+/// Ids of the eBPF programs process `pid` holds (from its fds' fdinfo).
+pub fn prog_ids_of(pid: u32) -> Vec<u32> {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return Vec::new();
+    };
+    let mut ids: Vec<u32> = fds
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+        .filter_map(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("prog_id:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+/// Whether the kernel still has a program with this id.
+pub fn prog_exists(id: u32) -> bool {
+    Command::new("bpftool")
+        .args(["prog", "show", "id", &id.to_string()])
         .output()
-        .context("running bpftool")?;
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.contains("name podtrace_"))
-        .map(str::to_owned)
-        .collect())
+        .is_ok_and(|o| o.status.success())
 }
