@@ -63,7 +63,7 @@ pub struct RuntimeArgs {
 pub struct CaptureArgs {
     /// The pod (NAME or NAMESPACE/NAME). Without -i/--pid/--netns the first
     /// word is the pod; any further words are a filter expression.
-    #[arg(value_name = "POD", trailing_var_arg = true)]
+    #[arg(value_name = "POD")]
     pub words: Vec<String>,
 
     /// Namespace of the pod (default: "default", like kubectl).
@@ -353,6 +353,19 @@ mod tests {
         let c = capture(&["web", "-n", "prod", "tcp", "port", "80"]).unwrap();
         assert_eq!(c.namespace.as_deref(), Some("prod"));
         assert_eq!(c.words, ["web", "tcp", "port", "80"]);
+        // Options may follow the pod and the filter, as with tcpdump.
+        let c = capture(&[
+            "-w",
+            "x",
+            "web",
+            "-n",
+            "prod",
+            "--runtime-endpoint",
+            "unix:///s",
+        ])
+        .unwrap();
+        assert_eq!(c.words, ["web"]);
+        assert_eq!(c.runtime.runtime_endpoint.as_deref(), Some("unix:///s"));
     }
 
     #[test]

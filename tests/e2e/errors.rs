@@ -12,7 +12,7 @@ use podtrace_tests::{
 use crate::capture::tempdir;
 
 /// Exactly one stderr line containing `needle`, and exit `code`.
-fn expect_error(done: &Finished, code: i32, needle: &str) -> Result<()> {
+pub(crate) fn expect_error(done: &Finished, code: i32, needle: &str) -> Result<()> {
     let lines: Vec<&str> = done.stderr.lines().collect();
     ensure!(
         done.status.code() == Some(code) && lines.len() == 1 && lines[0].contains(needle),

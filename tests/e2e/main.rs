@@ -8,6 +8,7 @@
 mod capture;
 mod coexist;
 mod errors;
+mod pods;
 
 use std::process::ExitCode;
 
@@ -58,6 +59,24 @@ const TESTS: &[(&str, TestFn)] = &[
         "coexist::sigkill_clsact_cleaned_by_next_start",
         coexist::sigkill_clsact_cleaned_by_next_start,
     ),
+    (
+        "pods::capture_by_name_http_and_ping",
+        pods::capture_by_name_http_and_ping,
+    ),
+    (
+        "pods::namespace_and_selector_forms",
+        pods::namespace_and_selector_forms,
+    ),
+    (
+        "pods::pods_lists_pods_with_veths",
+        pods::pods_lists_pods_with_veths,
+    ),
+    ("pods::pod_errors", pods::pod_errors),
+    ("pods::pod_without_veth_peer", pods::pod_without_veth_peer),
+    (
+        "pods::pod_deleted_mid_capture",
+        pods::pod_deleted_mid_capture,
+    ),
     ("errors::not_root", errors::not_root),
     ("errors::interface_not_found", errors::interface_not_found),
     ("errors::pid_not_found", errors::pid_not_found),
@@ -89,7 +108,18 @@ fn missing_prerequisite() -> Option<String> {
             bin.display()
         ));
     }
-    for tool in ["tshark", "bpftool", "busybox", "ip", "clang", "tc"] {
+    for tool in [
+        "tshark",
+        "bpftool",
+        "busybox",
+        "ip",
+        "clang",
+        "tc",
+        "containerd",
+        "runc",
+        "gcc",
+        "nsenter",
+    ] {
         if podtrace_tests::sh(&["sh", "-c", &format!("command -v {tool}")]).is_err() {
             return Some(format!(
                 "{tool} not installed (cargo xtask setup installs it)"
@@ -120,5 +150,10 @@ fn main() -> ExitCode {
             .with_ignored_flag(ignored)
         })
         .collect();
-    libtest_mimic::run(&args, trials).exit_code()
+    let conclusion = libtest_mimic::run(&args, trials);
+    if let Err(e) = pods::shutdown_node() {
+        eprintln!("e2e: tearing down the test node: {e:#}");
+        return ExitCode::FAILURE;
+    }
+    conclusion.exit_code()
 }

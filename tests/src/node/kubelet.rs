@@ -289,6 +289,21 @@ pub(crate) fn remove(cri: &Cri, sandbox_id: &str) -> Result<()> {
     .with_context(|| format!("removing sandbox {sandbox_id}"))
 }
 
+/// Stops a pod's sandbox without removing it: the pod stays listed, NOTREADY,
+/// as after a sandbox crash.
+pub(crate) fn stop_sandbox(cri: &Cri, sandbox_id: &str) -> Result<()> {
+    let mut client = cri.runtime();
+    cri.block_on(async {
+        let stopped = client
+            .stop_pod_sandbox(StopPodSandboxRequest {
+                pod_sandbox_id: sandbox_id.to_string(),
+            })
+            .await;
+        ignore_gone(stopped, "StopPodSandbox")
+    })
+    .with_context(|| format!("stopping sandbox {sandbox_id}"))
+}
+
 fn ignore_gone<T>(result: Result<T, tonic::Status>, call: &str) -> Result<()> {
     match result {
         Ok(_) => Ok(()),

@@ -194,6 +194,16 @@ impl Node {
         sys::remove_pod_cgroups(&pod.uid)
     }
 
+    /// Stops a pod's sandbox but keeps the pod (state NOTREADY); `remove_pod`
+    /// still removes it.
+    ///
+    /// # Errors
+    ///
+    /// The CRI call failing for another reason than "not found".
+    pub fn stop_pod_sandbox(&self, pod: &Pod) -> Result<()> {
+        kubelet::stop_sandbox(self.cri()?, &pod.sandbox_id)
+    }
+
     /// Tears the node down now, returning what could not be cleaned.
     ///
     /// # Errors
