@@ -2,14 +2,14 @@
 //! kubelet drives it.
 
 use std::{
-    io::{Read, Write},
-    net::{Ipv4Addr, TcpStream},
+    net::Ipv4Addr,
     sync::{Arc, Mutex},
     time::Duration,
 };
 
 use anyhow::{ensure, Context, Result};
 use podtrace_tests::{
+    http,
     node::{Node, Pod, PodSpec, HTTP_PORT},
     run::{self, Capture},
     sh, tshark,
@@ -77,17 +77,11 @@ fn endpoint() -> Result<String> {
     Ok(node()?.endpoint())
 }
 
-/// One HTTP GET from the host (the bridge address) to the pod. (busybox
-/// wget's -T crashes in Debian's static build, so it is done here.)
+/// One HTTP GET from the host (the bridge address) to the pod.
 fn http_get(ip: Ipv4Addr) -> Result<()> {
-    let timeout = Duration::from_secs(3);
-    let mut conn = TcpStream::connect_timeout(&(ip, HTTP_PORT).into(), timeout)?;
-    conn.set_read_timeout(Some(timeout))?;
-    write!(conn, "GET / HTTP/1.0\r\nHost: {ip}\r\n\r\n")?;
-    let mut answer = String::new();
-    conn.read_to_string(&mut answer)?;
+    let answer = http::get(ip, HTTP_PORT)?;
     ensure!(
-        answer.starts_with("HTTP/1.") && answer.contains("podtrace test pod"),
+        answer.contains("podtrace test pod"),
         "unexpected answer {answer:?}"
     );
     Ok(())
