@@ -51,6 +51,39 @@ impl Hooks {
         ingress: true,
         egress: true,
     };
+
+    /// The hooks that see `wanted` traffic of a link. On the host end of a
+    /// target's veth, what goes into the target leaves the host (egress).
+    pub fn for_direction(wanted: DirectionFilter, peer_is_target: bool) -> Self {
+        let (inbound, outbound) = match wanted {
+            DirectionFilter::In => (true, false),
+            DirectionFilter::Out => (false, true),
+            DirectionFilter::InOut => (true, true),
+        };
+        if peer_is_target {
+            Self {
+                ingress: outbound,
+                egress: inbound,
+            }
+        } else {
+            Self {
+                ingress: inbound,
+                egress: outbound,
+            }
+        }
+    }
+}
+
+/// `-Q in|out|inout`, like tcpdump, from the target's point of view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum DirectionFilter {
+    /// Only packets going into the target.
+    In,
+    /// Only packets the target sends.
+    Out,
+    #[default]
+    #[value(name = "inout")]
+    InOut,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -307,4 +340,23 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn direction_picks_hooks() {
+        let pod_in = Hooks::for_direction(DirectionFilter::In, true);
+        assert_eq!((pod_in.ingress, pod_in.egress), (false, true));
+        let pod_out = Hooks::for_direction(DirectionFilter::Out, true);
+        assert_eq!((pod_out.ingress, pod_out.egress), (true, false));
+        let iface_in = Hooks::for_direction(DirectionFilter::In, false);
+        assert_eq!((iface_in.ingress, iface_in.egress), (true, false));
+        assert_eq!(
+            Hooks::for_direction(DirectionFilter::InOut, true),
+            Hooks::BOTH
+        );
+    }
 }

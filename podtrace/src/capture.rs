@@ -16,10 +16,11 @@ use tokio::{
 };
 
 use crate::{
-    attach::{AttachError, Hooks, KernelCounters, LoadOptions, Programs, TcMode},
+    attach::{AttachError, DirectionFilter, Hooks, KernelCounters, LoadOptions, Programs, TcMode},
     link::HostLink,
+    progress::Progress,
     ring::{Clock, Direction, RingReader},
-    sink::{self, Output, Packet, Sink, SinkError},
+    sink::{self, Interface, Output, Packet, Sink, SinkError, SinkOptions, Stats},
 };
 
 /// How often the ring is drained when the kernel does not wake us.
@@ -35,12 +36,27 @@ pub struct Target {
     pub label: String,
     /// Said when its link disappears mid-capture.
     pub gone: String,
+    /// How file formats that describe interfaces (pcapng) show it.
+    pub interface: Interface,
 }
 
 impl Target {
     pub fn new(link: HostLink, label: String) -> Self {
         let gone = format!("{label} is gone (host interface {} was removed)", link.name);
-        Self { link, label, gone }
+        let interface = Interface {
+            ifindex: link.ifindex,
+            name: link.name.clone(),
+            description: format!(
+                "{label} (host interface {}, ifindex {})",
+                link.name, link.ifindex
+            ),
+        };
+        Self {
+            link,
+            label,
+            gone,
+            interface,
+        }
     }
 }
 
@@ -48,13 +64,13 @@ impl Target {
 #[derive(Debug, Clone)]
 pub struct CapturePlan {
     pub targets: Vec<Target>,
-    pub output: Output,
-    pub snaplen: u32,
+    /// Output, format, rotation; its snaplen is also the kernel's.
+    pub sink: SinkOptions,
     pub count: Option<u64>,
     pub duration: Option<Duration>,
     pub ring_bytes: u32,
     pub tc_mode: TcMode,
-    pub hooks: Hooks,
+    pub direction: DirectionFilter,
 }
 
 /// Why the capture ended.
@@ -62,6 +78,8 @@ pub struct CapturePlan {
 pub enum StopReason {
     Count,
     Duration,
+    /// `-G … -W N`: the N files are written.
+    FileLimit,
     Signal(&'static str),
     /// Every captured interface disappeared (pod deleted, netns removed).
     TargetGone(String),
@@ -105,14 +123,16 @@ pub async fn run(
     on_start: impl FnOnce(&Programs),
 ) -> Result<Summary, CaptureError> {
     // Open the output before touching the kernel: a bad path attaches nothing.
-    let mut sink = sink::open(&plan.output, plan.snaplen)?;
+    let mut sink = sink::open(&plan.sink)?;
+    let started_ns = sink::now_ns();
     let mut programs = Programs::load(LoadOptions {
-        snaplen: plan.snaplen,
+        snaplen: plan.sink.snaplen,
         ring_bytes: plan.ring_bytes,
     })?;
     let mut reader = RingReader::new(programs.take_ring()?).map_err(CaptureError::Ring)?;
     for target in &plan.targets {
-        programs.attach(&target.link, plan.hooks, plan.tc_mode)?;
+        let hooks = Hooks::for_direction(plan.direction, target.link.peer_is_target);
+        programs.attach(&target.link, hooks, plan.tc_mode)?;
     }
     let clock = Clock::measure();
     let mut sigint = signal(SignalKind::interrupt()).map_err(CaptureError::Signal)?;
@@ -122,8 +142,11 @@ pub async fn run(
     let mut state = Drain {
         clock,
         captured: 0,
+        bytes: 0,
+        per_ifindex: Default::default(),
         limit: plan.count.unwrap_or(u64::MAX),
     };
+    let mut progress = Progress::new(plan.sink.output != Output::Text);
     let deadline = plan.duration.map(|d| tokio::time::Instant::now() + d);
     let mut tick = interval(DRAIN_INTERVAL);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -145,6 +168,10 @@ pub async fn run(
         if state.captured >= state.limit {
             break Ok(StopReason::Count);
         }
+        if sink.done() {
+            break Ok(StopReason::FileLimit);
+        }
+        progress.update(state.captured, state.bytes, || programs.counters().lost);
         if last_link_check.elapsed() >= LINK_CHECK_INTERVAL {
             last_link_check = Instant::now();
             if let Some(gone) = all_links_gone(&plan.targets) {
@@ -166,12 +193,24 @@ pub async fn run(
         Err(e) if e.is_broken_pipe() => StopReason::BrokenPipe,
         Err(e) => return Err(e.into()),
     };
+    progress.clear();
+    let kernel = programs.counters();
     if reason != StopReason::BrokenPipe {
-        sink.flush()?;
+        let stats = Stats {
+            received: kernel.seen,
+            dropped: kernel.lost,
+            filtered: kernel.filtered,
+            started_ns,
+            captured_per_ifindex: state.per_ifindex.clone(),
+        };
+        match sink.finish(&stats) {
+            Err(e) if e.is_broken_pipe() => {}
+            other => other?,
+        }
     }
     Ok(Summary {
         captured: state.captured,
-        kernel: programs.counters(),
+        kernel,
         reason,
     })
 }
@@ -179,6 +218,8 @@ pub async fn run(
 struct Drain {
     clock: Clock,
     captured: u64,
+    bytes: u64,
+    per_ifindex: std::collections::HashMap<u32, u64>,
     limit: u64,
 }
 
@@ -208,7 +249,13 @@ impl Drain {
                 orig_len: record.header.orig_len,
                 data: record.data,
             })?;
+            if sink.done() {
+                // Rotation reached its file limit: this one was not written.
+                return Ok(false);
+            }
             self.captured += 1;
+            self.bytes += record.data.len() as u64;
+            *self.per_ifindex.entry(record.header.ifindex).or_default() += 1;
             Ok(true)
         })?;
         if self.captured != before {

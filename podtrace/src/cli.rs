@@ -5,10 +5,10 @@ use std::{path::PathBuf, time::Duration};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use podtrace::{
-    attach::{Hooks, TcMode},
+    attach::{DirectionFilter, TcMode},
     capture::{CapturePlan, Target},
     link,
-    sink::Output,
+    sink::{Format, Output, Rotation, SinkOptions, TextStyle},
     target::{self, PodSelector, Sandbox},
 };
 
@@ -32,7 +32,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Capture packets of a pod (or a host interface, process or network namespace).
-    Capture(CaptureArgs),
+    Capture(Box<CaptureArgs>),
     /// List the pods on this node with their IP and host veth.
     Pods(PodsArgs),
 }
@@ -94,10 +94,34 @@ pub struct CaptureArgs {
     #[arg(long, value_name = "PATH")]
     pub netns: Option<PathBuf>,
 
-    /// Write packets to FILE as pcap (nanosecond timestamps); "-" for stdout.
+    /// Write packets to FILE (pcap, or pcapng for *.pcapng); "-" for stdout.
     /// Without -w, one text line per packet is printed.
     #[arg(short = 'w', value_name = "FILE")]
     pub write: Option<String>,
+
+    /// File format for -w (default: from the file name; pcap for stdout).
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub format: Option<Format>,
+
+    /// Only packets going in to / out of the target (its point of view).
+    #[arg(short = 'Q', long = "direction", value_enum, default_value_t = DirectionFilter::InOut)]
+    pub direction: DirectionFilter,
+
+    /// Start a new file once the current one is larger than MB million bytes (like tcpdump).
+    #[arg(short = 'C', value_name = "MB", requires = "write", value_parser = clap::value_parser!(u64).range(1..))]
+    pub file_size: Option<u64>,
+
+    /// Start a new file every SECS seconds; -w may hold strftime(3) conversions.
+    #[arg(short = 'G', value_name = "SECS", requires = "write", value_parser = clap::value_parser!(u64).range(1..))]
+    pub rotate_seconds: Option<u64>,
+
+    /// With -C: keep a ring of N files. With -G: stop after N files.
+    #[arg(short = 'W', value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub file_count: Option<u32>,
+
+    /// Shorter text lines (addresses, ports, protocol, length).
+    #[arg(short = 'q')]
+    pub quiet: bool,
 
     /// Bytes of each packet to keep; 0 means 262144, like tcpdump.
     #[arg(short = 's', long = "snapshot-length", value_name = "SNAPLEN", default_value_t = DEFAULT_SNAPLEN)]
@@ -138,7 +162,7 @@ pub fn ring_bytes(kib: u32) -> u32 {
 
 impl CaptureArgs {
     /// Resolves the arguments into a plan: targets found, output chosen.
-    pub async fn plan(&self) -> Result<CapturePlan> {
+    pub async fn plan(&self, verbose: bool) -> Result<CapturePlan> {
         let (target, filter) = self.target().await?;
         if !filter.is_empty() {
             bail!(
@@ -146,24 +170,49 @@ impl CaptureArgs {
                 filter.join(" ")
             );
         }
+        let mut sink = self.sink_options(verbose);
+        sink.interfaces = vec![target.interface.clone()];
         Ok(CapturePlan {
             targets: vec![target],
-            output: match self.write.as_deref() {
-                None => Output::Text,
-                Some("-") => Output::Stdout,
-                Some(path) => Output::File(path.into()),
-            },
+            sink,
+            count: self.count,
+            duration: self.duration,
+            ring_bytes: ring_bytes(self.buffer_kib),
+            tc_mode: self.tc_mode,
+            direction: self.direction,
+        })
+    }
+
+    fn sink_options(&self, verbose: bool) -> SinkOptions {
+        let output = match self.write.as_deref() {
+            None => Output::Text,
+            Some("-") => Output::Stdout,
+            Some(path) => Output::File(path.into()),
+        };
+        let format = self.format.unwrap_or_else(|| match &self.write {
+            Some(path) if path != "-" => Format::for_path(path),
+            _ => Format::Pcap,
+        });
+        SinkOptions {
+            output,
+            format,
             snaplen: if self.snaplen == 0 {
                 DEFAULT_SNAPLEN
             } else {
                 self.snaplen
             },
-            count: self.count,
-            duration: self.duration,
-            ring_bytes: ring_bytes(self.buffer_kib),
-            tc_mode: self.tc_mode,
-            hooks: Hooks::BOTH,
-        })
+            interfaces: Vec::new(),
+            rotation: Rotation {
+                size: self.file_size.map(|mb| mb * 1_000_000),
+                interval: self.rotate_seconds.map(Duration::from_secs),
+                max_files: self.file_count,
+            },
+            text: match (self.quiet, verbose) {
+                (true, _) => TextStyle::Quiet,
+                (false, true) => TextStyle::Verbose,
+                (false, false) => TextStyle::Normal,
+            },
+        }
     }
 
     /// The target and the filter words.
@@ -212,6 +261,11 @@ fn pod_target(sandbox: &Sandbox) -> Result<Target> {
     ));
     let mut target = Target::new(link, format!("pod {pod}"));
     target.gone = format!("pod {pod} was deleted");
+    target.interface.name = pod.clone();
+    target.interface.description = format!(
+        "pod {pod} (uid {}) via host veth {} (ifindex {})",
+        sandbox.uid, target.link.name, target.link.ifindex
+    );
     Ok(target)
 }
 
@@ -300,7 +354,7 @@ pub fn describe_start(plan: &CapturePlan, mode: Option<TcMode>) -> String {
     format!(
         "capturing on {}, link-type EN10MB (Ethernet), snapshot length {} bytes{}",
         links.join(", "),
-        plan.snaplen,
+        plan.sink.snaplen,
         match mode {
             Some(TcMode::Clsact) => ", attached via clsact",
             _ => "",
@@ -320,7 +374,7 @@ mod tests {
     fn capture(args: &[&str]) -> Result<CaptureArgs, clap::Error> {
         let cli = Cli::try_parse_from(["podtrace", "capture"].iter().chain(args))?;
         match cli.command {
-            Command::Capture(c) => Ok(c),
+            Command::Capture(c) => Ok(*c),
             Command::Pods(_) => unreachable!(),
         }
     }

@@ -10,6 +10,7 @@ pub mod attach;
 pub mod capture;
 pub mod link;
 pub mod preflight;
+mod progress;
 pub mod ring;
 pub mod sink;
 pub mod target;

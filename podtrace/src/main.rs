@@ -31,7 +31,7 @@ fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Capture(args) => {
             preflight::check()?;
-            let plan = runtime.block_on(args.plan())?;
+            let plan = runtime.block_on(args.plan(cli.verbose > 0))?;
             let start_line = |mode| cli::describe_start(&plan, mode);
             let summary = runtime.block_on(capture::run(plan.clone(), |programs| {
                 eprintln!("podtrace: {}", start_line(programs.mode_used));

@@ -8,6 +8,7 @@
 mod capture;
 mod coexist;
 mod errors;
+mod output;
 mod pods;
 
 use std::process::ExitCode;
@@ -76,6 +77,17 @@ const TESTS: &[(&str, TestFn)] = &[
     (
         "pods::pod_deleted_mid_capture",
         pods::pod_deleted_mid_capture,
+    ),
+    (
+        "output::pcapng_names_the_pod_and_marks_directions",
+        output::pcapng_names_the_pod_and_marks_directions,
+    ),
+    ("output::direction_filter", output::direction_filter),
+    ("output::live_pipe", output::live_pipe),
+    ("output::rotation", output::rotation),
+    (
+        "output::disk_full_keeps_file_valid",
+        output::disk_full_keeps_file_valid,
     ),
     ("errors::not_root", errors::not_root),
     ("errors::interface_not_found", errors::interface_not_found),

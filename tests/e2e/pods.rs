@@ -42,23 +42,23 @@ pub fn shutdown_node() -> Result<()> {
 }
 
 /// A pod removed when the test ends, pass or fail.
-struct TestPod {
-    node: Arc<Node>,
-    pod: Pod,
+pub(crate) struct TestPod {
+    pub node: Arc<Node>,
+    pub pod: Pod,
 }
 
 impl TestPod {
-    fn run(spec: PodSpec) -> Result<Self> {
+    pub fn run(spec: PodSpec) -> Result<Self> {
         let node = node()?;
         let pod = node.run_pod(spec)?;
         Ok(Self { node, pod })
     }
 
-    fn ip(&self) -> Ipv4Addr {
+    pub fn ip(&self) -> Ipv4Addr {
         self.pod.ip.expect("pod with its own network")
     }
 
-    fn veth(&self) -> String {
+    pub fn veth(&self) -> String {
         self.pod
             .host_veth
             .as_ref()
@@ -73,12 +73,12 @@ impl Drop for TestPod {
     }
 }
 
-fn endpoint() -> Result<String> {
+pub(crate) fn endpoint() -> Result<String> {
     Ok(node()?.endpoint())
 }
 
 /// One HTTP GET from the host (the bridge address) to the pod.
-fn http_get(ip: Ipv4Addr) -> Result<()> {
+pub(crate) fn http_get(ip: Ipv4Addr) -> Result<()> {
     let answer = http::get(ip, HTTP_PORT)?;
     ensure!(
         answer.contains("podtrace test pod"),

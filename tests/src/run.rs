@@ -3,7 +3,7 @@
 use std::{
     io::{BufRead, BufReader, Read},
     path::PathBuf,
-    process::{Child, Command, ExitStatus, Stdio},
+    process::{Child, ChildStdout, Command, ExitStatus, Stdio},
     sync::mpsc,
     thread,
     time::{Duration, Instant},
@@ -87,6 +87,17 @@ pub struct Capture {
 impl Capture {
     /// Starts podtrace and waits until it says it is capturing.
     pub fn start(args: &[&str]) -> Result<Self> {
+        Ok(Self::spawn(args, false)?.0)
+    }
+
+    /// Like [`start`](Self::start), but hands podtrace's stdout to the caller
+    /// (a live `-w -` stream).
+    pub fn start_streaming(args: &[&str]) -> Result<(Self, ChildStdout)> {
+        let (capture, out) = Self::spawn(args, true)?;
+        Ok((capture, out.expect("stdout kept")))
+    }
+
+    fn spawn(args: &[&str], keep_stdout: bool) -> Result<(Self, Option<ChildStdout>)> {
         let mut child = Command::new(bin())
             .args(args)
             .stdin(Stdio::null())
@@ -104,11 +115,16 @@ impl Capture {
             }
         });
         let mut out = child.stdout.take().unwrap();
-        let stdout = thread::spawn(move || {
-            let mut s = String::new();
-            let _ = out.read_to_string(&mut s);
-            s
-        });
+        let (kept, stdout) = if keep_stdout {
+            (Some(out), thread::spawn(String::new))
+        } else {
+            let reader = thread::spawn(move || {
+                let mut s = String::new();
+                let _ = out.read_to_string(&mut s);
+                s
+            });
+            (None, reader)
+        };
         let mut capture = Self {
             child,
             stderr: rx,
@@ -124,7 +140,7 @@ impl Capture {
                     capture.stderr_seen.push(line);
                     if started {
                         capture.prog_ids = prog_ids_of(capture.child.id());
-                        return Ok(capture);
+                        return Ok((capture, kept));
                     }
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {
@@ -153,6 +169,11 @@ impl Capture {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Whether podtrace is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     /// Sends `signal` and waits for podtrace to exit.

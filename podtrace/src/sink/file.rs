@@ -105,11 +105,26 @@ impl RecordFile {
     ) -> Result<(), SinkError> {
         match write(self) {
             Ok(()) => {
-                self.ends.push(self.logical);
+                self.end_record();
                 Ok(())
             }
             Err(e) => Err(self.fail(e)),
         }
+    }
+
+    /// Marks the end of a whole record written through `Write`.
+    pub fn end_record(&mut self) {
+        self.ends.push(self.logical);
+    }
+
+    /// What the file is called in messages.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Bytes written so far (buffered or not), for size-based rotation.
+    pub fn bytes_written(&self) -> u64 {
+        self.logical
     }
 
     pub fn flush(&mut self) -> Result<(), SinkError> {
@@ -125,7 +140,7 @@ impl RecordFile {
     }
 
     /// Cuts the file back to the last record that fully reached it.
-    fn fail(&mut self, source: io::Error) -> SinkError {
+    pub fn fail(&mut self, source: io::Error) -> SinkError {
         let counted = self.buf.get_mut();
         if let Some(file) = &counted.file {
             let on_disk = counted.written;

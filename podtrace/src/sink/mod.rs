@@ -1,15 +1,24 @@
-//! Sinks: where decoded packets go (pcap file, text lines).
+//! Sinks: where decoded packets go (pcap, pcapng, text), with tcpdump-style
+//! rotation around the file formats.
 //!
 //! Sinks see plain [`Packet`]s, never the kernel or the ring, so each one is
 //! tested with made-up packets.
 
 mod file;
 mod pcap;
+mod pcapng;
+mod rotate;
 mod text;
 
-use std::{io, path::PathBuf, time::Duration};
+use std::{collections::HashMap, io, path::PathBuf, time::Duration};
 
-pub use self::{file::RecordFile, pcap::PcapSink, text::TextSink};
+pub use self::{
+    file::RecordFile,
+    pcap::PcapSink,
+    pcapng::PcapNgSink,
+    rotate::{file_name, RotatingSink, Rotation},
+    text::{TextSink, TextStyle},
+};
 use crate::ring::Direction;
 
 /// A packet on its way to a sink.
@@ -24,6 +33,30 @@ pub struct Packet<'a> {
     pub data: &'a [u8],
 }
 
+/// A captured interface, as file formats that describe interfaces show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Interface {
+    pub ifindex: u32,
+    /// Short name: "prod/web" for a pod, the interface name otherwise.
+    pub name: String,
+    /// Everything that identifies it: pod, uid, host veth, ifindex.
+    pub description: String,
+}
+
+/// Counts for the end of a capture (pcapng's Interface Statistics Block).
+#[derive(Debug, Clone, Default)]
+pub struct Stats {
+    /// Packets the kernel programs saw.
+    pub received: u64,
+    /// Packets they could not deliver (ring full).
+    pub dropped: u64,
+    /// Packets the capture filter rejected.
+    pub filtered: u64,
+    /// Capture start, nanoseconds since the epoch.
+    pub started_ns: u64,
+    pub captured_per_ifindex: HashMap<u32, u64>,
+}
+
 /// Where packets are written.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Output {
@@ -33,6 +66,35 @@ pub enum Output {
     Stdout,
     /// No `-w`: one text line per packet on stdout.
     Text,
+}
+
+/// The file format of `-w`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Pcap,
+    Pcapng,
+}
+
+impl Format {
+    /// pcapng for `*.pcapng` names, classic pcap otherwise (like Wireshark's tools).
+    pub fn for_path(path: &str) -> Self {
+        if path.ends_with(".pcapng") {
+            Self::Pcapng
+        } else {
+            Self::Pcap
+        }
+    }
+}
+
+/// Everything needed to open the sink.
+#[derive(Debug, Clone)]
+pub struct SinkOptions {
+    pub output: Output,
+    pub format: Format,
+    pub snaplen: u32,
+    pub interfaces: Vec<Interface>,
+    pub rotation: Rotation,
+    pub text: TextStyle,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -55,13 +117,45 @@ pub trait Sink {
     fn write(&mut self, packet: &Packet<'_>) -> Result<(), SinkError>;
     /// Makes everything written so far visible to readers.
     fn flush(&mut self) -> Result<(), SinkError>;
+    /// Bytes written to the current file (for -C).
+    fn bytes_written(&self) -> u64 {
+        0
+    }
+    /// End of the capture: trailing statistics where the format has them.
+    fn finish(&mut self, _stats: &Stats) -> Result<(), SinkError> {
+        self.flush()
+    }
+    /// The sink wants no more packets (`-G … -W N` reached N files).
+    fn done(&self) -> bool {
+        false
+    }
 }
 
-/// Opens the sink `output` asks for.
-pub fn open(output: &Output, snaplen: u32) -> Result<Box<dyn Sink>, SinkError> {
-    Ok(match output {
-        Output::File(path) => Box::new(PcapSink::new(RecordFile::create(path)?, snaplen)?),
-        Output::Stdout => Box::new(PcapSink::new(RecordFile::stdout(), snaplen)?),
-        Output::Text => Box::new(TextSink::new(Box::new(io::stdout()))),
+/// Opens the sink the options ask for.
+pub fn open(opts: &SinkOptions) -> Result<Box<dyn Sink>, SinkError> {
+    match &opts.output {
+        Output::File(path) if opts.rotation.is_active() => {
+            let base = path.to_string_lossy().into_owned();
+            let rotation = opts.rotation;
+            let opts = opts.clone();
+            let open =
+                Box::new(move |name: &str| file_sink(&opts, RecordFile::create(name.as_ref())?));
+            Ok(Box::new(RotatingSink::new(&base, rotation, open)?))
+        }
+        Output::File(path) => file_sink(opts, RecordFile::create(path)?),
+        Output::Stdout => file_sink(opts, RecordFile::stdout()),
+        Output::Text => Ok(Box::new(TextSink::new(Box::new(io::stdout()), opts.text))),
+    }
+}
+
+fn file_sink(opts: &SinkOptions, out: RecordFile) -> Result<Box<dyn Sink>, SinkError> {
+    Ok(match opts.format {
+        Format::Pcap => Box::new(PcapSink::new(out, opts.snaplen)?),
+        Format::Pcapng => Box::new(PcapNgSink::new(out, opts.snaplen, &opts.interfaces)?),
     })
+}
+
+/// Now, in nanoseconds since the epoch.
+pub(crate) fn now_ns() -> u64 {
+    crate::ring::Clock::now_wall().as_nanos() as u64
 }

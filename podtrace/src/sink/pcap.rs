@@ -54,9 +54,13 @@ impl Sink for PcapSink {
     fn flush(&mut self) -> Result<(), SinkError> {
         self.out.flush()
     }
+
+    fn bytes_written(&self) -> u64 {
+        self.out.bytes_written()
+    }
 }
 
-fn pcap_io(e: pcap_file::PcapError) -> io::Error {
+pub(super) fn pcap_io(e: pcap_file::PcapError) -> io::Error {
     match e {
         pcap_file::PcapError::IoError(e) => e,
         other => io::Error::other(other.to_string()),
@@ -96,12 +100,14 @@ mod tests {
         assert_eq!(header.ts_resolution, TsResolution::NanoSecond);
         assert_eq!(header.snaplen, 4);
         assert_eq!(header.datalink, DataLink::ETHERNET);
-        let first = reader.next_packet().unwrap().unwrap();
-        assert_eq!(first.timestamp, ts);
-        assert_eq!(first.orig_len, 6);
+        // Raw packets: pcap-file 2.0's checked reader wrongly rejects
+        // orig_len > snaplen, which tcpdump and Wireshark accept (and write).
+        let first = reader.next_raw_packet().unwrap().unwrap();
+        assert_eq!((first.ts_sec, first.ts_frac), (1_700_000_000, 123_456_789));
+        assert_eq!((first.incl_len, first.orig_len), (4, 6));
         assert_eq!(&first.data[..], &data[..4], "snaplen honoured");
-        let second = reader.next_packet().unwrap().unwrap();
-        assert_eq!(second.orig_len, 1500);
-        assert!(reader.next_packet().is_none());
+        let second = reader.next_raw_packet().unwrap().unwrap();
+        assert_eq!((second.incl_len, second.orig_len), (4, 1500));
+        assert!(reader.next_raw_packet().is_none());
     }
 }

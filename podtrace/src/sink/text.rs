@@ -9,16 +9,29 @@ use etherparse::{LaxNetSlice, LaxSlicedPacket, TransportSlice};
 use super::{Packet, Sink, SinkError};
 use crate::ring::Direction;
 
+/// How much each line says (tcpdump's -q and -v).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TextStyle {
+    /// Addresses, ports, protocol and length only.
+    Quiet,
+    #[default]
+    Normal,
+    /// Also the IP header: ttl, id, total length.
+    Verbose,
+}
+
 pub struct TextSink {
     out: Box<dyn Write + Send>,
     line: String,
+    style: TextStyle,
 }
 
 impl TextSink {
-    pub fn new(out: Box<dyn Write + Send>) -> Self {
+    pub fn new(out: Box<dyn Write + Send>, style: TextStyle) -> Self {
         Self {
             out,
             line: String::with_capacity(160),
+            style,
         }
     }
 }
@@ -26,7 +39,7 @@ impl TextSink {
 impl Sink for TextSink {
     fn write(&mut self, packet: &Packet<'_>) -> Result<(), SinkError> {
         self.line.clear();
-        format_line(&mut self.line, packet);
+        format_line(&mut self.line, packet, self.style);
         self.line.push('\n');
         self.out
             .write_all(self.line.as_bytes())
@@ -45,8 +58,8 @@ impl Sink for TextSink {
 }
 
 /// Appends the text form of `packet` (without newline) to `out`.
-pub fn format_line(out: &mut String, packet: &Packet<'_>) {
-    let secs_of_day = packet.ts.as_secs() % 86_400;
+pub fn format_line(out: &mut String, packet: &Packet<'_>, style: TextStyle) {
+    let secs_of_day = local_seconds_of_day(packet.ts.as_secs());
     let _ = write!(
         out,
         "{:02}:{:02}:{:02}.{:06} {} ",
@@ -59,29 +72,54 @@ pub fn format_line(out: &mut String, packet: &Packet<'_>) {
             Direction::Out => "Out",
         }
     );
-    describe(out, packet.data, packet.orig_len);
+    describe(out, packet.data, packet.orig_len, style);
 }
 
-fn describe(out: &mut String, data: &[u8], orig_len: u32) {
+fn describe(out: &mut String, data: &[u8], orig_len: u32, style: TextStyle) {
     let Ok(parsed) = LaxSlicedPacket::from_ethernet(data) else {
         let _ = write!(out, "truncated frame, length {orig_len}");
         return;
     };
-    let (src, dst, family) = match &parsed.net {
+    // Lengths come from the headers, not the captured bytes: with a short
+    // snaplen the payload is cut but its length is still known.
+    let (src, dst, family, l4_len) = match &parsed.net {
         Some(LaxNetSlice::Ipv4(ip)) => {
             let h = ip.header();
+            let family = if style == TextStyle::Verbose {
+                format!(
+                    "IP (ttl {}, id {}, length {})",
+                    h.ttl(),
+                    h.identification(),
+                    h.total_len()
+                )
+            } else {
+                "IP".to_owned()
+            };
+            let l4_len = usize::from(h.total_len()).saturating_sub(usize::from(h.ihl()) * 4);
             (
                 h.source_addr().to_string(),
                 h.destination_addr().to_string(),
-                "IP",
+                family,
+                l4_len,
             )
         }
         Some(LaxNetSlice::Ipv6(ip)) => {
             let h = ip.header();
+            let family = if style == TextStyle::Verbose {
+                format!(
+                    "IP6 (hlim {}, payload length {})",
+                    h.hop_limit(),
+                    h.payload_length()
+                )
+            } else {
+                "IP6".to_owned()
+            };
+            let l4_len = usize::from(h.payload_length());
             (
                 h.source_addr().to_string(),
                 h.destination_addr().to_string(),
-                "IP6",
+                family,
+                l4_len,
             )
         }
         Some(LaxNetSlice::Arp(arp)) => {
@@ -114,7 +152,23 @@ fn describe(out: &mut String, data: &[u8], orig_len: u32) {
             return;
         }
     };
+    let tcp_len =
+        |tcp: &etherparse::TcpSlice<'_>| l4_len.saturating_sub(usize::from(tcp.data_offset()) * 4);
     let _ = match &parsed.transport {
+        Some(TransportSlice::Tcp(tcp)) if style == TextStyle::Quiet => write!(
+            out,
+            "{family} {src}.{} > {dst}.{}: tcp {}",
+            tcp.source_port(),
+            tcp.destination_port(),
+            tcp_len(tcp)
+        ),
+        Some(TransportSlice::Udp(udp)) if style == TextStyle::Quiet => write!(
+            out,
+            "{family} {src}.{} > {dst}.{}: udp {}",
+            udp.source_port(),
+            udp.destination_port(),
+            udp.length().saturating_sub(8)
+        ),
         Some(TransportSlice::Tcp(tcp)) => write!(
             out,
             "{family} {src}.{} > {dst}.{}: Flags [{}], seq {}, ack {}, win {}, length {}",
@@ -124,7 +178,7 @@ fn describe(out: &mut String, data: &[u8], orig_len: u32) {
             tcp.sequence_number(),
             tcp.acknowledgment_number(),
             tcp.window_size(),
-            tcp.payload().len(),
+            tcp_len(tcp),
         ),
         Some(TransportSlice::Udp(udp)) => write!(
             out,
@@ -140,22 +194,29 @@ fn describe(out: &mut String, data: &[u8], orig_len: u32) {
                 3 => "destination unreachable".to_string(),
                 t => format!("type {t}"),
             };
-            write!(
-                out,
-                "{family} {src} > {dst}: ICMP {kind}, length {}",
-                icmp.slice().len()
-            )
+            write!(out, "{family} {src} > {dst}: ICMP {kind}, length {l4_len}")
         }
         Some(TransportSlice::Icmpv6(icmp)) => {
             write!(
                 out,
-                "{family} {src} > {dst}: ICMP6, type {}, length {}",
-                icmp.type_u8(),
-                icmp.slice().len()
+                "{family} {src} > {dst}: ICMP6, type {}, length {l4_len}",
+                icmp.type_u8()
             )
         }
         _ => write!(out, "{family} {src} > {dst}: length {orig_len}"),
     };
+}
+
+/// Seconds since local midnight, as tcpdump prints times.
+fn local_seconds_of_day(epoch_secs: u64) -> u64 {
+    let t = epoch_secs as libc::time_t;
+    // SAFETY: zeroed tm is valid; localtime_r gets valid pointers.
+    let tm = unsafe {
+        let mut tm: libc::tm = std::mem::zeroed();
+        libc::localtime_r(&t, &mut tm);
+        tm
+    };
+    (tm.tm_hour * 3600 + tm.tm_min * 60 + tm.tm_sec) as u64
 }
 
 fn tcp_flags(syn: bool, fin: bool, rst: bool, psh: bool, ack: bool) -> String {
@@ -186,55 +247,149 @@ mod tests {
 
     use super::*;
 
-    fn line(data: &[u8], direction: Direction) -> String {
-        let mut s = String::new();
-        let packet = Packet {
-            ts: Duration::new(3600 * 13 + 61, 5_000_000),
-            ifindex: 1,
-            direction,
-            orig_len: data.len() as u32,
-            data,
-        };
-        format_line(&mut s, &packet);
-        s
+    const MAC_A: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0a];
+    const MAC_B: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0b];
+    const HOST: [u8; 4] = [10, 245, 0, 1];
+    const POD: [u8; 4] = [10, 245, 0, 5];
+
+    fn arp(op: u8, sender: [u8; 4], target: [u8; 4]) -> Vec<u8> {
+        let mut f = Vec::new();
+        f.extend_from_slice(&[0xff; 6]);
+        f.extend_from_slice(&MAC_B);
+        f.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, op]);
+        f.extend_from_slice(&MAC_B);
+        f.extend_from_slice(&sender);
+        f.extend_from_slice(&[0; 6]);
+        f.extend_from_slice(&target);
+        f
     }
 
-    #[test]
-    fn tcp_syn_line() {
-        let mut data = Vec::new();
-        PacketBuilder::ethernet2([1; 6], [2; 6])
-            .ipv4([10, 245, 0, 1], [10, 245, 0, 5], 64)
-            .tcp(41000, 8080, 7, 64240)
-            .syn()
-            .write(&mut data, &[])
-            .unwrap();
-        assert_eq!(
-            line(&data, Direction::In),
-            "13:01:01.005000 In  IP 10.245.0.1.41000 > 10.245.0.5.8080: Flags [S], seq 7, ack 0, win 64240, length 0"
-        );
+    /// A fixed set of frames covering what the decoder knows, with the
+    /// direction each was "seen" in and its captured length.
+    fn fixture() -> Vec<(Vec<u8>, Direction, Option<usize>)> {
+        macro_rules! build {
+            ($builder:expr, $payload:expr $(,)?) => {{
+                let mut out = Vec::new();
+                $builder.write(&mut out, $payload).unwrap();
+                out
+            }};
+        }
+        let eth = || PacketBuilder::ethernet2(MAC_A, MAC_B);
+        let request = b"GET / HTTP/1.0\r\n\r\n";
+        vec![
+            (
+                build!(
+                    eth().ipv4(HOST, POD, 64).tcp(41000, 8080, 7, 64240).syn(),
+                    &[],
+                ),
+                Direction::In,
+                None,
+            ),
+            (
+                build!(
+                    eth()
+                        .ipv4(HOST, POD, 64)
+                        .tcp(41000, 8080, 8, 502)
+                        .psh()
+                        .ack(1001),
+                    request,
+                ),
+                Direction::In,
+                None,
+            ),
+            // The same segment cut by a 60-byte snaplen: its length is still known.
+            (
+                build!(
+                    eth()
+                        .ipv4(HOST, POD, 64)
+                        .tcp(41000, 8080, 8, 502)
+                        .psh()
+                        .ack(1001),
+                    request,
+                ),
+                Direction::In,
+                Some(60),
+            ),
+            (
+                build!(
+                    eth()
+                        .ipv4(POD, HOST, 64)
+                        .tcp(8080, 41000, 1001, 509)
+                        .fin()
+                        .ack(26),
+                    &[],
+                ),
+                Direction::Out,
+                None,
+            ),
+            (
+                build!(eth().ipv4(POD, HOST, 64).udp(5353, 53), b"hello"),
+                Direction::Out,
+                None,
+            ),
+            (
+                build!(
+                    eth().ipv4(POD, HOST, 64).icmpv4_echo_request(1, 1),
+                    &[0; 56],
+                ),
+                Direction::Out,
+                None,
+            ),
+            (
+                build!(eth().ipv4(HOST, POD, 64).icmpv4_echo_reply(1, 1), &[0; 56]),
+                Direction::In,
+                None,
+            ),
+            (arp(1, POD, HOST), Direction::Out, None),
+            (arp(2, HOST, POD), Direction::In, None),
+            (
+                build!(
+                    eth()
+                        .ipv6(
+                            [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+                            [0xfd; 16],
+                            64,
+                        )
+                        .udp(546, 547),
+                    b"v6",
+                ),
+                Direction::Out,
+                None,
+            ),
+            (vec![1, 2, 3], Direction::In, None),
+        ]
     }
 
-    #[test]
-    fn udp_and_icmp_lines() {
-        let mut udp = Vec::new();
-        PacketBuilder::ethernet2([1; 6], [2; 6])
-            .ipv4([10, 245, 0, 5], [10, 245, 0, 1], 64)
-            .udp(5353, 53)
-            .write(&mut udp, b"hello")
-            .unwrap();
-        assert!(line(&udp, Direction::Out)
-            .ends_with("Out IP 10.245.0.5.5353 > 10.245.0.1.53: UDP, length 5"));
-        let mut icmp = Vec::new();
-        PacketBuilder::ethernet2([1; 6], [2; 6])
-            .ipv4([10, 245, 0, 5], [10, 245, 0, 1], 64)
-            .icmpv4_echo_request(1, 1)
-            .write(&mut icmp, &[0; 56])
-            .unwrap();
-        assert!(line(&icmp, Direction::Out).contains("ICMP echo request, length 64"));
+    fn render(style: TextStyle) -> String {
+        let mut all = String::new();
+        for (i, (frame, direction, caplen)) in fixture().iter().enumerate() {
+            let data = &frame[..caplen.unwrap_or(frame.len()).min(frame.len())];
+            let packet = Packet {
+                ts: Duration::new(3600 * 13 + 61 + i as u64, 5_000_000),
+                ifindex: 1,
+                direction: *direction,
+                orig_len: frame.len() as u32,
+                data,
+            };
+            format_line(&mut all, &packet, style);
+            all.push('\n');
+        }
+        all
     }
 
+    /// Golden test: `UPDATE_GOLDEN=1 cargo test -p podtrace text` rewrites the
+    /// file; review the diff like any other change.
     #[test]
-    fn garbage_does_not_panic() {
-        assert!(line(&[1, 2, 3], Direction::In).contains("length 3"));
+    fn text_output_matches_golden_file() {
+        std::env::set_var("TZ", "UTC");
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/src/sink/testdata/text.golden");
+        let got = [TextStyle::Normal, TextStyle::Quiet, TextStyle::Verbose]
+            .map(|style| format!("## {style:?}\n{}", render(style)))
+            .join("");
+        if std::env::var_os("UPDATE_GOLDEN").is_some() {
+            std::fs::write(path, &got).unwrap();
+        }
+        let want = std::fs::read_to_string(path).unwrap();
+        assert_eq!(got, want, "text output changed; see {path}");
     }
 }

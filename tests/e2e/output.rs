@@ -1,0 +1,412 @@
+//! What users do with a capture: pcapng in Wireshark, a live pipe, rotated
+//! files, a full disk.
+
+use std::{
+    io::Read,
+    net::UdpSocket,
+    path::{Path, PathBuf},
+    sync::mpsc,
+    time::Duration,
+};
+
+use anyhow::{ensure, Context, Result};
+use pcap_file::pcapng::{
+    blocks::interface_statistics::InterfaceStatisticsOption, Block, PcapNgReader,
+};
+use podtrace_tests::{
+    netns::TestNet,
+    node::PodSpec,
+    run::{self, Capture},
+    sh, tshark,
+};
+
+use crate::{
+    capture::{assert_released, tempdir},
+    errors::expect_error,
+    pods::{endpoint, http_get, TestPod},
+};
+
+/// frame.packet_flags_direction as tshark 4.0 prints it.
+const INBOUND: &str = "0x00000001";
+const OUTBOUND: &str = "0x00000002";
+
+/// `podtrace capture web -w web.pcapng`: the pod is named on the interface,
+/// each packet carries its direction, the statistics block its counts.
+pub fn pcapng_names_the_pod_and_marks_directions() -> Result<()> {
+    let web = TestPod::run(PodSpec::new("web5"))?;
+    let dir = tempdir()?;
+    let file = dir.path().join("web.pcapng");
+    let ep = endpoint()?;
+    let capture = Capture::start(&[
+        "capture",
+        "web5",
+        "--runtime-endpoint",
+        &ep,
+        "-w",
+        file.to_str().unwrap(),
+    ])?;
+    http_get(web.ip())?;
+    http_get(web.ip())?;
+    let done = capture.stop(libc::SIGINT)?;
+    ensure!(done.status.success(), "{}", done.stderr);
+    let (captured, lost) = done.summary()?;
+
+    let rows = tshark::fields(
+        &file,
+        "",
+        &["frame.interface_name", "frame.interface_description"],
+    )?;
+    ensure!(
+        rows.len() as u64 == captured,
+        "{} frames, summary says {captured}",
+        rows.len()
+    );
+    let want_desc = format!(
+        "pod default/web5 (uid {}) via host veth {}",
+        web.pod.uid,
+        web.veth()
+    );
+    for row in &rows {
+        ensure!(
+            row[0] == "default/web5" && row[1].starts_with(&want_desc),
+            "interface {row:?}"
+        );
+    }
+    let requests = tshark::fields(
+        &file,
+        "http.request",
+        &["frame.packet_flags_direction", "ip.dst"],
+    )?;
+    let responses = tshark::fields(
+        &file,
+        "http.response",
+        &["frame.packet_flags_direction", "ip.src"],
+    )?;
+    let pod = web.ip().to_string();
+    ensure!(
+        requests.len() == 2 && requests.iter().all(|r| r[..] == [INBOUND, pod.as_str()]),
+        "requests {requests:?}"
+    );
+    ensure!(
+        responses.len() == 2 && responses.iter().all(|r| r[..] == [OUTBOUND, pod.as_str()]),
+        "responses {responses:?}"
+    );
+    // Every packet from the pod is outbound, every packet to it inbound.
+    let wrong = tshark::count(
+        &file,
+        &format!("(ip.src=={pod} && frame.packet_flags_direction!=2) || (ip.dst=={pod} && frame.packet_flags_direction!=1)"),
+    )?;
+    ensure!(wrong == 0, "{wrong} packets with the wrong direction");
+
+    let (recv, drop) = interface_statistics(&file)?;
+    ensure!(
+        (recv, drop) == (captured, lost),
+        "ISB recv/drop {recv}/{drop}, summary {captured}/{lost}"
+    );
+    assert_released(&done, &web.veth())
+}
+
+/// (isb_ifrecv, isb_ifdrop) of the file's statistics block.
+fn interface_statistics(file: &Path) -> Result<(u64, u64)> {
+    let mut reader = PcapNgReader::new(std::fs::File::open(file)?)?;
+    let (mut recv, mut drop) = (None, None);
+    while let Some(block) = reader.next_block() {
+        if let Block::InterfaceStatistics(isb) = block? {
+            for option in isb.options {
+                match option {
+                    InterfaceStatisticsOption::IsbIfRecv(n) => recv = Some(n),
+                    InterfaceStatisticsOption::IsbIfDrop(n) => drop = Some(n),
+                    _ => {}
+                }
+            }
+        }
+    }
+    Ok((
+        recv.context("no isb_ifrecv")?,
+        drop.context("no isb_ifdrop")?,
+    ))
+}
+
+/// -Q in / -Q out keep only the stated direction, from the pod's view.
+pub fn direction_filter() -> Result<()> {
+    let web = TestPod::run(PodSpec::new("web6"))?;
+    let ep = endpoint()?;
+    let pod = web.ip().to_string();
+    let dir = tempdir()?;
+    for (q, field, http) in [
+        ("in", "ip.dst", "http.request"),
+        ("out", "ip.src", "http.response"),
+    ] {
+        let file = dir.path().join(format!("{q}.pcap"));
+        let capture = Capture::start(&[
+            "capture",
+            "web6",
+            "-Q",
+            q,
+            "--runtime-endpoint",
+            &ep,
+            "-w",
+            file.to_str().unwrap(),
+        ])?;
+        http_get(web.ip())?;
+        http_get(web.ip())?;
+        let done = capture.stop(libc::SIGINT)?;
+        ensure!(done.status.success(), "-Q {q}: {}", done.stderr);
+        ensure!(tshark::count(&file, http)? == 2, "-Q {q}: want 2 {http}");
+        let rows = tshark::fields(&file, "ip", &[field])?;
+        ensure!(
+            !rows.is_empty() && rows.iter().all(|r| r[0] == pod),
+            "-Q {q}: {field} not always the pod: {rows:?}"
+        );
+        assert_released(&done, &web.veth())?;
+    }
+    Ok(())
+}
+
+/// `-w -` streams: a reader sees packets while the capture runs, `| tshark -r -`
+/// works, and a reader that goes away ends the capture quietly.
+pub fn live_pipe() -> Result<()> {
+    let net = TestNet::new()?;
+    let (mut capture, mut out) =
+        Capture::start_streaming(&["capture", "-i", &net.host_if, "-w", "-"])?;
+    let (tx, rx) = mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        // pcap header (24 bytes), then one record header (16) and its data.
+        let mut head = [0u8; 40];
+        let got = out.read_exact(&mut head).map(|()| head);
+        let _ = tx.send(got);
+        out // dropped by the test below: closes the pipe
+    });
+    net.ping(1, 56)?;
+    let head = rx
+        .recv_timeout(Duration::from_secs(5))
+        .context("no packet on the pipe within 5 s")??;
+    ensure!(
+        head[..4] == [0x4d, 0x3c, 0xb2, 0xa1],
+        "not a nanosecond pcap stream: {:02x?}",
+        &head[..4]
+    );
+    ensure!(
+        capture.running(),
+        "the packet arrived only after podtrace exited"
+    );
+    drop(reader.join().unwrap());
+    // The next write hits the closed pipe.
+    net.ping(2, 56)?;
+    let done = capture.wait(Duration::from_secs(10))?;
+    ensure!(
+        done.status.success(),
+        "closed pipe: exit {:?}: {}",
+        done.status.code(),
+        done.stderr
+    );
+    ensure!(
+        !done.stderr.to_lowercase().contains("broken pipe"),
+        "noise: {}",
+        done.stderr
+    );
+    assert_released(&done, &net.host_if)?;
+
+    let pipeline = format!(
+        "{} capture -i {} -w - -c 4 | tshark -r - -Y icmp",
+        run::bin().display(),
+        net.host_if
+    );
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(sh(&["sh", "-c", &pipeline]));
+    });
+    std::thread::sleep(Duration::from_millis(800));
+    net.ping(2, 56)?;
+    let out = rx
+        .recv_timeout(Duration::from_secs(10))
+        .context("pipeline did not end")??;
+    ensure!(out.lines().count() == 4, "tshark -r - printed:\n{out}");
+    Ok(())
+}
+
+fn send_udp(net: &TestNet, count: usize, size: usize) -> Result<()> {
+    let sock = UdpSocket::bind((net.host_ip, 0))?;
+    let payload = vec![0x5a; size];
+    for _ in 0..count {
+        sock.send_to(&payload, (net.ns_ip, 9999))?;
+    }
+    Ok(())
+}
+
+fn files_in(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .map(|e| Ok(e?.path()))
+        .collect::<Result<_>>()?;
+    files.sort();
+    Ok(files)
+}
+
+fn udp_total(files: &[PathBuf]) -> Result<usize> {
+    files
+        .iter()
+        .map(|f| tshark::count(f, "udp.dstport==9999 && !icmp"))
+        .sum()
+}
+
+/// -C (size), -C -W (ring), -G (time, strftime names), -G -W (stop after N).
+pub fn rotation() -> Result<()> {
+    const SENT: usize = 3000;
+    let net = TestNet::new()?;
+    let dir = tempdir()?;
+
+    let by_size = dir.path().join("size");
+    std::fs::create_dir(&by_size)?;
+    let base = by_size.join("r.pcap");
+    let capture = Capture::start(&[
+        "capture",
+        "-i",
+        &net.host_if,
+        "-C",
+        "1",
+        "-w",
+        base.to_str().unwrap(),
+    ])?;
+    send_udp(&net, SENT, 1000)?;
+    let done = capture.stop(libc::SIGINT)?;
+    ensure!(done.status.success(), "{}", done.stderr);
+    let files = files_in(&by_size)?;
+    let names: Vec<String> = files
+        .iter()
+        .map(|f| f.file_name().unwrap().to_string_lossy().into())
+        .collect();
+    ensure!(
+        names.len() >= 3 && names[..3] == ["r.pcap", "r.pcap1", "r.pcap2"],
+        "files {names:?}"
+    );
+    for f in &files {
+        let size = std::fs::metadata(f)?.len();
+        ensure!(
+            size < 1_000_000 + 2000,
+            "{} is {size} bytes, over -C 1",
+            f.display()
+        );
+    }
+    ensure!(
+        udp_total(&files)? == SENT,
+        "packets over all files != {SENT}"
+    );
+
+    let ring = dir.path().join("ring");
+    std::fs::create_dir(&ring)?;
+    let base = ring.join("r");
+    let capture = Capture::start(&[
+        "capture",
+        "-i",
+        &net.host_if,
+        "-C",
+        "1",
+        "-W",
+        "2",
+        "-w",
+        base.to_str().unwrap(),
+    ])?;
+    send_udp(&net, SENT, 1000)?;
+    let done = capture.stop(libc::SIGINT)?;
+    ensure!(done.status.success(), "{}", done.stderr);
+    let names: Vec<String> = files_in(&ring)?
+        .iter()
+        .map(|f| f.file_name().unwrap().to_string_lossy().into())
+        .collect();
+    ensure!(names == ["r0", "r1"], "ring of 2: {names:?}");
+    for f in files_in(&ring)? {
+        tshark::count(&f, "")?;
+    }
+
+    let by_time = dir.path().join("time");
+    std::fs::create_dir(&by_time)?;
+    let base = by_time.join("t-%s.pcap");
+    let capture = Capture::start(&[
+        "capture",
+        "-i",
+        &net.host_if,
+        "-G",
+        "1",
+        "-W",
+        "2",
+        "-w",
+        base.to_str().unwrap(),
+    ])?;
+    let mut pings = 0;
+    while capture_is_running(&capture) && pings < 40 {
+        net.ping(1, 56)?;
+        pings += 1;
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    let done = capture.wait(Duration::from_secs(10))?;
+    ensure!(
+        done.status.success(),
+        "-G 1 -W 2 should end by itself: {}",
+        done.stderr
+    );
+    let files = files_in(&by_time)?;
+    ensure!(files.len() == 2, "-G 1 -W 2 made {files:?}");
+    for f in &files {
+        let name = f.file_name().unwrap().to_string_lossy();
+        ensure!(
+            name.starts_with("t-") && !name.contains('%'),
+            "strftime not applied: {name}"
+        );
+        ensure!(tshark::count(f, "icmp.type==8")? > 0, "{name} has no pings");
+    }
+    assert_released(&done, &net.host_if)
+}
+
+fn capture_is_running(capture: &Capture) -> bool {
+    std::path::Path::new(&format!("/proc/{}", capture.pid())).exists()
+}
+
+/// A full disk: one clear line, exit 1, the file valid up to its last packet.
+pub fn disk_full_keeps_file_valid() -> Result<()> {
+    let net = TestNet::new()?;
+    let dir = tempdir()?;
+    let mnt = dir.path().join("small");
+    std::fs::create_dir(&mnt)?;
+    sh(&[
+        "mount",
+        "-t",
+        "tmpfs",
+        "-o",
+        "size=256k",
+        "podtrace-test",
+        mnt.to_str().unwrap(),
+    ])?;
+    let result = (|| -> Result<()> {
+        let file = mnt.join("full.pcap");
+        let capture =
+            Capture::start(&["capture", "-i", &net.host_if, "-w", file.to_str().unwrap()])?;
+        send_udp(&net, 1000, 1000)?;
+        let done = capture.wait(Duration::from_secs(10))?;
+        expect_error(&done_without_start_line(done), 1, "No space left on device")?;
+        let out = std::process::Command::new("tshark")
+            .arg("-r")
+            .arg(&file)
+            .output()?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        ensure!(
+            out.status.success() && !err.contains("cut short"),
+            "tshark: {err}"
+        );
+        let packets = String::from_utf8_lossy(&out.stdout).lines().count();
+        ensure!(packets > 100, "only {packets} packets kept");
+        Ok(())
+    })();
+    sh(&["umount", mnt.to_str().unwrap()])?;
+    result
+}
+
+/// The run's stderr without the "capturing on" line, for one-line error checks.
+fn done_without_start_line(mut done: run::Finished) -> run::Finished {
+    done.stderr = done
+        .stderr
+        .lines()
+        .filter(|l| !l.contains("capturing on"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    done
+}
