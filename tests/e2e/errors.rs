@@ -24,23 +24,7 @@ pub(crate) fn expect_error(done: &Finished, code: i32, needle: &str) -> Result<(
 }
 
 pub fn not_root() -> Result<()> {
-    let bin = run::bin();
-    let out = std::process::Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-        ])
-        .arg(&bin)
-        .args(["capture", "-i", "lo"])
-        .output()?;
-    let done = Finished {
-        status: out.status,
-        stdout: String::from_utf8_lossy(&out.stdout).into(),
-        stderr: String::from_utf8_lossy(&out.stderr).into(),
-        prog_ids: Vec::new(),
-    };
+    let done = run::run_unprivileged(&["capture", "-i", "lo"])?;
     expect_error(
         &done,
         1,

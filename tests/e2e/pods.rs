@@ -270,6 +270,10 @@ pub fn pod_errors() -> Result<()> {
         "unix:///nonexistent/cri.sock",
     ])?;
     expect_error(&done, 1, "/nonexistent/cri.sock does not exist")?;
+
+    // `podtrace pods` needs no eBPF, so an unprivileged user gets as far as the socket.
+    let done = run::run_unprivileged(&["pods", "--runtime-endpoint", &ep])?;
+    expect_error(&done, 1, "permission denied on container runtime socket")?;
     Ok(())
 }
 

@@ -75,6 +75,28 @@ pub fn run_with_env(args: &[&str], env: &[(&str, &str)]) -> Result<Finished> {
     })
 }
 
+/// Runs podtrace as user nobody with no capabilities.
+pub fn run_unprivileged(args: &[&str]) -> Result<Finished> {
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .context("running setpriv")?;
+    Ok(Finished {
+        status: out.status,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        prog_ids: Vec::new(),
+    })
+}
+
 /// A capture running in the background.
 pub struct Capture {
     child: Child,
