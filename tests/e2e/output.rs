@@ -249,35 +249,40 @@ fn udp_total(files: &[PathBuf]) -> Result<usize> {
         .sum()
 }
 
+/// Captures `SENT` UDP datagrams into `dir/NAME` with the rotation options
+/// `rotate`; returns the files made, sorted.
+fn rotated_capture(net: &TestNet, dir: &Path, name: &str, rotate: &[&str]) -> Result<Vec<PathBuf>> {
+    let sub = dir.join(format!("{name}.d"));
+    std::fs::create_dir(&sub)?;
+    let base = sub.join(name);
+    let mut args = vec!["capture", "-i", &net.host_if, "-w", base.to_str().unwrap()];
+    args.extend_from_slice(rotate);
+    let capture = Capture::start(&args)?;
+    send_udp(net, SENT, 1000)?;
+    let done = capture.stop(libc::SIGINT)?;
+    ensure!(done.status.success(), "{rotate:?}: {}", done.stderr);
+    files_in(&sub)
+}
+
+fn names(files: &[PathBuf]) -> Vec<String> {
+    files
+        .iter()
+        .map(|f| f.file_name().unwrap().to_string_lossy().into())
+        .collect()
+}
+
+const SENT: usize = 3000;
+
 /// -C (size), -C -W (ring), -G (time, strftime names), -G -W (stop after N).
 pub fn rotation() -> Result<()> {
-    const SENT: usize = 3000;
     let net = TestNet::new()?;
     let dir = tempdir()?;
 
-    let by_size = dir.path().join("size");
-    std::fs::create_dir(&by_size)?;
-    let base = by_size.join("r.pcap");
-    let capture = Capture::start(&[
-        "capture",
-        "-i",
-        &net.host_if,
-        "-C",
-        "1",
-        "-w",
-        base.to_str().unwrap(),
-    ])?;
-    send_udp(&net, SENT, 1000)?;
-    let done = capture.stop(libc::SIGINT)?;
-    ensure!(done.status.success(), "{}", done.stderr);
-    let files = files_in(&by_size)?;
-    let names: Vec<String> = files
-        .iter()
-        .map(|f| f.file_name().unwrap().to_string_lossy().into())
-        .collect();
+    let files = rotated_capture(&net, dir.path(), "r.pcap", &["-C", "1"])?;
+    let got = names(&files);
     ensure!(
-        names.len() >= 3 && names[..3] == ["r.pcap", "r.pcap1", "r.pcap2"],
-        "files {names:?}"
+        got.len() >= 3 && got[..3] == ["r.pcap", "r.pcap1", "r.pcap2"],
+        "files {got:?}"
     );
     for f in &files {
         let size = std::fs::metadata(f)?.len();
@@ -292,30 +297,14 @@ pub fn rotation() -> Result<()> {
         "packets over all files != {SENT}"
     );
 
-    let ring = dir.path().join("ring");
-    std::fs::create_dir(&ring)?;
-    let base = ring.join("r");
-    let capture = Capture::start(&[
-        "capture",
-        "-i",
-        &net.host_if,
-        "-C",
-        "1",
-        "-W",
-        "2",
-        "-w",
-        base.to_str().unwrap(),
-    ])?;
-    send_udp(&net, SENT, 1000)?;
-    let done = capture.stop(libc::SIGINT)?;
-    ensure!(done.status.success(), "{}", done.stderr);
-    let names: Vec<String> = files_in(&ring)?
-        .iter()
-        .map(|f| f.file_name().unwrap().to_string_lossy().into())
-        .collect();
-    ensure!(names == ["r0", "r1"], "ring of 2: {names:?}");
-    for f in files_in(&ring)? {
-        tshark::count(&f, "")?;
+    let files = rotated_capture(&net, dir.path(), "r", &["-C", "1", "-W", "2"])?;
+    ensure!(
+        names(&files) == ["r0", "r1"],
+        "ring of 2: {:?}",
+        names(&files)
+    );
+    for f in &files {
+        tshark::count(f, "")?;
     }
 
     let by_time = dir.path().join("time");

@@ -276,6 +276,14 @@ mod tests {
         }
         let eth = || PacketBuilder::ethernet2(MAC_A, MAC_B);
         let request = b"GET / HTTP/1.0\r\n\r\n";
+        let data_segment = build!(
+            eth()
+                .ipv4(HOST, POD, 64)
+                .tcp(41000, 8080, 8, 502)
+                .psh()
+                .ack(1001),
+            request
+        );
         vec![
             (
                 build!(
@@ -285,31 +293,9 @@ mod tests {
                 Direction::In,
                 None,
             ),
-            (
-                build!(
-                    eth()
-                        .ipv4(HOST, POD, 64)
-                        .tcp(41000, 8080, 8, 502)
-                        .psh()
-                        .ack(1001),
-                    request,
-                ),
-                Direction::In,
-                None,
-            ),
+            (data_segment.clone(), Direction::In, None),
             // The same segment cut by a 60-byte snaplen: its length is still known.
-            (
-                build!(
-                    eth()
-                        .ipv4(HOST, POD, 64)
-                        .tcp(41000, 8080, 8, 502)
-                        .psh()
-                        .ack(1001),
-                    request,
-                ),
-                Direction::In,
-                Some(60),
-            ),
+            (data_segment, Direction::In, Some(60)),
             (
                 build!(
                     eth()
