@@ -53,6 +53,11 @@ impl PcapNgSink {
                     "podtrace {}",
                     env!("CARGO_PKG_VERSION")
                 ))),
+                // pcapng has no host field; Wireshark shows the comment.
+                SectionHeaderOption::Comment(Cow::Owned(format!(
+                    "captured on node {}",
+                    hostname()
+                ))),
             ],
         };
         let mut writer = PcapNgWriter::with_section_header(out, section).map_err(fail)?;
@@ -158,6 +163,12 @@ impl Sink for PcapNgSink {
     }
 }
 
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
 /// "Linux 6.18.44" from uname, for the section header.
 fn os_description() -> String {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
@@ -206,6 +217,12 @@ mod tests {
         let mut seen_isb = false;
         while let Some(block) = reader.next_block() {
             match block.unwrap() {
+                Block::SectionHeader(shb) => {
+                    let comment = format!("captured on node {}", hostname());
+                    assert!(shb
+                        .options
+                        .contains(&SectionHeaderOption::Comment(comment.into())));
+                }
                 Block::InterfaceDescription(idb) => {
                     assert!(idb
                         .options
