@@ -213,16 +213,15 @@ mod tests {
         sink.finish(&stats).unwrap();
 
         let mut reader = PcapNgReader::new(std::fs::File::open(&path).unwrap()).unwrap();
+        let comment = format!("captured on node {}", hostname());
+        assert!(reader
+            .section()
+            .options
+            .contains(&SectionHeaderOption::Comment(comment.into())));
         let mut flags = Vec::new();
         let mut seen_isb = false;
         while let Some(block) = reader.next_block() {
             match block.unwrap() {
-                Block::SectionHeader(shb) => {
-                    let comment = format!("captured on node {}", hostname());
-                    assert!(shb
-                        .options
-                        .contains(&SectionHeaderOption::Comment(comment.into())));
-                }
                 Block::InterfaceDescription(idb) => {
                     assert!(idb
                         .options
