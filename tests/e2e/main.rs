@@ -8,6 +8,7 @@
 mod capture;
 mod coexist;
 mod errors;
+mod filter;
 
 use std::process::ExitCode;
 
@@ -74,6 +75,26 @@ const TESTS: &[(&str, TestFn)] = &[
         errors::output_file_is_private,
     ),
     ("errors::no_target", errors::no_target),
+    (
+        "filter::matches_tcpdump_on_mixed_traffic",
+        filter::matches_tcpdump_on_mixed_traffic,
+    ),
+    (
+        "filter::long_filter_loads_and_matches",
+        filter::long_filter_loads_and_matches,
+    ),
+    (
+        "filter::filtered_counter_counts_rejected_packets",
+        filter::filtered_counter_counts_rejected_packets,
+    ),
+    (
+        "filter::invalid_filter_attaches_nothing",
+        filter::invalid_filter_attaches_nothing,
+    ),
+    (
+        "filter::dump_matches_tcpdump_unprivileged",
+        filter::dump_matches_tcpdump_unprivileged,
+    ),
 ];
 
 /// Why the tests cannot run here, if they cannot.
@@ -89,7 +110,9 @@ fn missing_prerequisite() -> Option<String> {
             bin.display()
         ));
     }
-    for tool in ["tshark", "bpftool", "busybox", "ip", "clang", "tc"] {
+    for tool in [
+        "tshark", "tcpdump", "bpftool", "busybox", "ip", "clang", "tc",
+    ] {
         if podtrace_tests::sh(&["sh", "-c", &format!("command -v {tool}")]).is_err() {
             return Some(format!(
                 "{tool} not installed (cargo xtask setup installs it)"

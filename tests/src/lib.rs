@@ -6,6 +6,7 @@
 
 pub mod netns;
 pub mod node;
+pub mod pcap;
 pub mod run;
 mod sh;
 pub mod tshark;
