@@ -43,10 +43,33 @@ pub const COUNTER_FILTERED: u32 = 2;
 /// Number of counters.
 pub const COUNTERS_LEN: u32 = 4;
 
+/// One classic-BPF instruction, laid out like libpcap's `struct bpf_insn`
+/// (and the kernel's `struct sock_filter`), so a compiled filter is copied
+/// into the eBPF map as is.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FilterInsn {
+    pub code: u16,
+    pub jt: u8,
+    pub jf: u8,
+    pub k: u32,
+}
+
+/// Longest classic-BPF filter accepted: the kernel's `BPF_MAXINSNS`, which
+/// is also what libpcap's own validator allows.
+pub const MAX_FILTER_INSNS: u32 = 4096;
+
+/// Slots of classic BPF's scratch memory `M[]` (`BPF_MEMWORDS`).
+pub const FILTER_MEMWORDS: u32 = 16;
+
 #[cfg(feature = "user")]
 // SAFETY: plain old data, repr(C), no padding holes left uninitialised by the
 // kernel side (it writes `_pad` explicitly).
 unsafe impl aya::Pod for RecordHeader {}
+
+#[cfg(feature = "user")]
+// SAFETY: plain old data, repr(C), 8 bytes without padding.
+unsafe impl aya::Pod for FilterInsn {}
 
 #[cfg(test)]
 mod tests {
@@ -57,5 +80,11 @@ mod tests {
         // The eBPF side and userspace must agree byte for byte.
         assert_eq!(RECORD_HEADER_LEN, 24);
         assert_eq!(core::mem::align_of::<RecordHeader>(), 8);
+    }
+
+    #[test]
+    fn filter_insn_is_a_bpf_insn() {
+        assert_eq!(core::mem::size_of::<FilterInsn>(), 8);
+        assert_eq!(core::mem::align_of::<FilterInsn>(), 4);
     }
 }

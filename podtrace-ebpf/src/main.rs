@@ -9,27 +9,41 @@
 //! wakeup once the ring is `WAKEUP_BYTES` full keeps bursts from overflowing
 //! it between ticks. See BENCHMARKS.md for podtrace's own numbers.
 //!
+//! With a filter (`FILTER_LEN` > 0) each packet first runs through the
+//! classic-BPF interpreter in [`filter`]; rejected packets are only counted.
+//! `FILTER_LEN` is a read-only global, so with no filter the verifier sees
+//! the constant 0 and drops the interpreter from the program entirely.
+//!
 //! The programs never change the verdict: they always return `TCX_NEXT`, which
 //! continues the TCX chain and legacy direct-action filters alike (TC_ACT_OK
 //! or TC_ACT_PIPE would end the TCX chain and hide programs attached after us).
 #![no_std]
 #![no_main]
 
+mod filter;
+
 use aya_ebpf::{
-    bindings::{tcx_action_base::TCX_NEXT, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    bindings::{
+        tcx_action_base::TCX_NEXT, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP,
+    },
     helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_skb_load_bytes},
     macros::{classifier, map},
     maps::{Array, PerCpuArray, RingBuf},
     programs::TcContext,
 };
 use podtrace_common::{
-    RecordHeader, COUNTERS_LEN, COUNTER_LOST, COUNTER_SEEN, HOOK_EGRESS, HOOK_INGRESS, MAX_CAPLEN,
-    RECORD_HEADER_LEN,
+    RecordHeader, COUNTERS_LEN, COUNTER_FILTERED, COUNTER_LOST, COUNTER_SEEN, HOOK_EGRESS,
+    HOOK_INGRESS, MAX_CAPLEN, RECORD_HEADER_LEN,
 };
 
 /// Bytes of each packet to copy; set by the loader (`-s`).
 #[no_mangle]
 static SNAPLEN: u32 = 262144;
+
+/// Instructions of the classic-BPF filter in `filter::FILTER`; 0 for none.
+/// Set by the loader.
+#[no_mangle]
+static FILTER_LEN: u32 = 0;
 
 /// Force a wakeup once this much unread data sits in the ring; set by the loader.
 #[no_mangle]
@@ -77,18 +91,31 @@ fn count(index: u32) {
 #[inline(always)]
 fn capture(ctx: &TcContext, hook: u8) {
     count(COUNTER_SEEN);
-    if try_capture(ctx, hook).is_err() {
+    let len = ctx.len();
+    // SAFETY: a read-only global; volatile so the compiler cannot fold the
+    // default (the verifier does fold the loader's value).
+    let filter_len = unsafe { core::ptr::read_volatile(&FILTER_LEN) };
+    // Like a socket filter's return value: 0 drops, else bytes to keep.
+    let keep = if filter_len == 0 {
+        u32::MAX
+    } else {
+        filter::run(ctx.skb.skb, len, filter_len)
+    };
+    if keep == 0 {
+        count(COUNTER_FILTERED);
+        return;
+    }
+    if try_capture(ctx, hook, len, keep).is_err() {
         count(COUNTER_LOST);
     }
 }
 
 #[inline(always)]
-fn try_capture(ctx: &TcContext, hook: u8) -> Result<(), ()> {
+fn try_capture(ctx: &TcContext, hook: u8, len: u32, keep: u32) -> Result<(), ()> {
     let skb = ctx.skb.skb;
-    let len = ctx.len();
-    // SAFETY: a read-only global; volatile so the compiler cannot fold the default.
+    // SAFETY: a read-only global, see FILTER_LEN.
     let snaplen = unsafe { core::ptr::read_volatile(&SNAPLEN) };
-    let wanted = len.min(snaplen).min(MAX_CAPLEN);
+    let wanted = len.min(snaplen).min(keep).min(MAX_CAPLEN);
     // The verifier must see the bound on the very register used for the copy.
     let n = core::hint::black_box(wanted);
     if n == 0 || n > MAX_CAPLEN {

@@ -9,7 +9,7 @@
 use std::{collections::HashMap, io};
 
 use aya::{
-    maps::{MapData, PerCpuArray, RingBuf},
+    maps::{Array, MapData, PerCpuArray, RingBuf},
     programs::{
         links::LinkOrder,
         tc::{self, NlOptions, SchedClassifierLinkId, TcAttachOptions},
@@ -17,7 +17,7 @@ use aya::{
     },
     Ebpf, EbpfLoader,
 };
-use podtrace_common::{COUNTER_FILTERED, COUNTER_LOST, COUNTER_SEEN};
+use podtrace_common::{FilterInsn, COUNTER_FILTERED, COUNTER_LOST, COUNTER_SEEN};
 
 use crate::link::HostLink;
 
@@ -110,10 +110,12 @@ pub struct KernelCounters {
 
 /// Settings baked into the programs at load time.
 #[derive(Debug, Clone, Copy)]
-pub struct LoadOptions {
+pub struct LoadOptions<'a> {
     pub snaplen: u32,
     /// Ring buffer size in bytes: a power of two, a multiple of the page size.
     pub ring_bytes: u32,
+    /// The classic-BPF filter to run in the kernel; empty for none.
+    pub filter: &'a [FilterInsn],
 }
 
 struct Attached {
@@ -134,17 +136,34 @@ pub struct Programs {
 }
 
 impl Programs {
-    pub fn load(opts: LoadOptions) -> Result<Self, AttachError> {
+    pub fn load(opts: LoadOptions<'_>) -> Result<Self, AttachError> {
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| AttachError::Load(e.to_string()))? as u32;
         // Userspace drains on a timer; wake it early once a quarter is full.
         let wakeup_bytes = u64::from(opts.ring_bytes / 4);
+        // A constant for the verifier: 0 removes the interpreter from the programs.
+        let filter_len = opts.filter.len() as u32;
         let mut ebpf = EbpfLoader::new()
             .override_global("SNAPLEN", &opts.snaplen, true)
             .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
+            .override_global("FILTER_LEN", &filter_len, true)
             .map_max_entries("EVENTS", opts.ring_bytes)
             .map_max_entries("SCRATCH", cpus)
+            .map_max_entries("FILTER", filter_len.max(1))
             .load(EBPF_OBJECT)
             .map_err(|e| AttachError::Load(error_chain(&e)))?;
+        // Filled before any program is attached: no packet sees a partial filter.
+        if !opts.filter.is_empty() {
+            let map = ebpf
+                .map_mut("FILTER")
+                .ok_or(AttachError::Missing("FILTER"))?;
+            let mut program: Array<_, FilterInsn> =
+                Array::try_from(map).map_err(|e| AttachError::Load(e.to_string()))?;
+            for (i, insn) in opts.filter.iter().enumerate() {
+                program
+                    .set(i as u32, insn, 0)
+                    .map_err(|e| AttachError::Load(error_chain(&e)))?;
+            }
+        }
         for name in [INGRESS_PROGRAM, EGRESS_PROGRAM] {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)
@@ -153,6 +172,13 @@ impl Programs {
                 .map_err(|e| AttachError::Load(error_chain(&e)))?;
             prog.load()
                 .map_err(|e| AttachError::Load(error_chain(&e)))?;
+            if let Some(n) = prog
+                .info()
+                .ok()
+                .and_then(|i| i.verified_instruction_count())
+            {
+                crate::verbose(format_args!("{name}: verifier processed {n} instructions"));
+            }
         }
         let counters = ebpf
             .take_map("COUNTERS")

@@ -17,6 +17,7 @@ use tokio::{
 
 use crate::{
     attach::{AttachError, DirectionFilter, Hooks, KernelCounters, LoadOptions, Programs, TcMode},
+    filter::Filter,
     link::HostLink,
     progress::Progress,
     ring::{Clock, Direction, RingReader},
@@ -71,6 +72,8 @@ pub struct CapturePlan {
     pub ring_bytes: u32,
     pub tc_mode: TcMode,
     pub direction: DirectionFilter,
+    /// Run in the kernel on every packet; `None` captures everything.
+    pub filter: Option<Filter>,
 }
 
 /// Why the capture ended.
@@ -92,15 +95,24 @@ pub struct Summary {
     pub captured: u64,
     pub kernel: KernelCounters,
     pub reason: StopReason,
+    /// Whether a filter ran (the line then says how many it rejected).
+    pub filtered: bool,
 }
 
 impl Summary {
     /// The line printed on stderr at exit.
     pub fn line(&self) -> String {
-        format!(
-            "{} packets captured, {} lost in kernel",
-            self.captured, self.kernel.lost
-        )
+        if self.filtered {
+            format!(
+                "{} packets captured, {} filtered, {} lost in kernel",
+                self.captured, self.kernel.filtered, self.kernel.lost
+            )
+        } else {
+            format!(
+                "{} packets captured, {} lost in kernel",
+                self.captured, self.kernel.lost
+            )
+        }
     }
 }
 
@@ -128,6 +140,7 @@ pub async fn run(
     let mut programs = Programs::load(LoadOptions {
         snaplen: plan.sink.snaplen,
         ring_bytes: plan.ring_bytes,
+        filter: plan.filter.as_ref().map_or(&[], |f| &f.insns),
     })?;
     let mut reader = RingReader::new(programs.take_ring()?).map_err(CaptureError::Ring)?;
     for target in &plan.targets {
@@ -212,6 +225,7 @@ pub async fn run(
         captured: state.captured,
         kernel,
         reason,
+        filtered: plan.filter.is_some(),
     })
 }
 
@@ -281,4 +295,29 @@ fn all_links_gone(targets: &[Target]) -> Option<String> {
 
 fn far_future() -> tokio::time::Instant {
     tokio::time::Instant::now() + Duration::from_secs(86400 * 365)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_line_names_filtered_only_with_a_filter() {
+        let mut summary = Summary {
+            captured: 5,
+            kernel: KernelCounters {
+                seen: 9,
+                lost: 1,
+                filtered: 3,
+            },
+            reason: StopReason::Count,
+            filtered: false,
+        };
+        assert_eq!(summary.line(), "5 packets captured, 1 lost in kernel");
+        summary.filtered = true;
+        assert_eq!(
+            summary.line(),
+            "5 packets captured, 3 filtered, 1 lost in kernel"
+        );
+    }
 }

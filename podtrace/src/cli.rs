@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand};
 use podtrace::{
     attach::{DirectionFilter, TcMode},
     capture::{CapturePlan, Target},
+    filter::{self, Filter},
     link,
     sink::{Format, Output, Rotation, SinkOptions, TextStyle},
     target::{self, PodSelector, Sandbox},
@@ -61,10 +62,23 @@ pub struct RuntimeArgs {
 
 #[derive(Debug, Args)]
 pub struct CaptureArgs {
-    /// The pod (NAME or NAMESPACE/NAME). Without -i/--pid/--netns the first
-    /// word is the pod; any further words are a filter expression.
-    #[arg(value_name = "POD")]
+    /// The pod (NAME or NAMESPACE/NAME), then a tcpdump filter expression.
+    /// Without -i/--pid/--netns/--uid/--container the first word is the pod;
+    /// the other words (all of them with those options) are the filter,
+    /// joined with spaces as tcpdump does. Options may come between words.
+    #[arg(value_name = "POD [EXPRESSION]")]
     pub words: Vec<String>,
+
+    /// Read the filter expression from FILE (`#` starts a comment), like
+    /// tcpdump -F; no expression may then follow on the command line.
+    #[arg(short = 'F', value_name = "FILE")]
+    pub filter_file: Option<PathBuf>,
+
+    /// Print the compiled filter program and exit, like tcpdump -d
+    /// (-dd: as a C array, -ddd: as decimal numbers). Attaches nothing and
+    /// does not look the target up: the link type is always Ethernet.
+    #[arg(short = 'd', action = clap::ArgAction::Count)]
+    pub dump: u8,
 
     /// Namespace of the pod (default: "default", like kubectl).
     #[arg(short = 'n', long)]
@@ -161,15 +175,15 @@ pub fn ring_bytes(kib: u32) -> u32 {
 }
 
 impl CaptureArgs {
-    /// Resolves the arguments into a plan: targets found, output chosen.
+    /// Resolves the arguments into a plan: targets found, filter compiled,
+    /// output chosen. Nothing is loaded or attached yet.
     pub async fn plan(&self, verbose: bool) -> Result<CapturePlan> {
-        let (target, filter) = self.target().await?;
-        if !filter.is_empty() {
-            bail!(
-                "filter expressions are not supported yet: {:?}",
-                filter.join(" ")
-            );
-        }
+        let expression = filter::expression(self.filter_words(), self.filter_file.as_deref())?;
+        let target = self.target().await?;
+        let filter = match expression {
+            Some(expr) => Some(self.compile(&expr)?),
+            None => None,
+        };
         let mut sink = self.sink_options(verbose);
         sink.interfaces = vec![target.interface.clone()];
         Ok(CapturePlan {
@@ -180,9 +194,9 @@ impl CaptureArgs {
             ring_bytes: ring_bytes(self.buffer_kib),
             tc_mode: self.tc_mode,
             direction: self.direction,
+            filter,
         })
     }
-
     fn sink_options(&self, verbose: bool) -> SinkOptions {
         let output = match self.write.as_deref() {
             None => Output::Text,
@@ -196,11 +210,7 @@ impl CaptureArgs {
         SinkOptions {
             output,
             format,
-            snaplen: if self.snaplen == 0 {
-                DEFAULT_SNAPLEN
-            } else {
-                self.snaplen
-            },
+            snaplen: self.snaplen(),
             interfaces: Vec::new(),
             rotation: Rotation {
                 size: self.file_size.map(|mb| mb * 1_000_000),
@@ -215,34 +225,84 @@ impl CaptureArgs {
         }
     }
 
-    /// The target and the filter words.
-    async fn target(&self) -> Result<(Target, Vec<String>)> {
-        let mut words = self.words.clone();
+    /// `-d`: the compiled filter as tcpdump -d prints it. Needs no target
+    /// and no privileges; a pod word is checked but not looked up.
+    pub fn dump_filter(&self) -> Result<String> {
+        if let Some(pod) = self.pod_word() {
+            PodSelector::parse(pod, self.namespace.as_deref())?;
+        }
+        let expression = filter::expression(self.filter_words(), self.filter_file.as_deref())?;
+        // No expression: tcpdump -d prints the accept-all program.
+        let filter = self.compile(expression.as_deref().unwrap_or(""))?;
+        Ok(filter.dump(self.dump))
+    }
+
+    fn snaplen(&self) -> u32 {
+        if self.snaplen == 0 {
+            DEFAULT_SNAPLEN
+        } else {
+            self.snaplen
+        }
+    }
+
+    fn compile(&self, expression: &str) -> Result<Filter> {
+        let filter = filter::compile(expression, self.snaplen())?;
+        podtrace::verbose(format_args!(
+            "filter compiled to {} classic-BPF instructions in {:.3} s",
+            filter.insns.len(),
+            filter.compile_time.as_secs_f64()
+        ));
+        Ok(filter)
+    }
+
+    /// Whether the target comes from an option rather than the first word.
+    fn target_by_option(&self) -> bool {
+        self.iface.is_some()
+            || self.pid.is_some()
+            || self.netns.is_some()
+            || self.uid.is_some()
+            || self.container.is_some()
+    }
+
+    /// The word naming the pod, if the first word names it.
+    fn pod_word(&self) -> Option<&str> {
+        match self.target_by_option() {
+            true => None,
+            false => self.words.first().map(String::as_str),
+        }
+    }
+
+    /// The words of the filter expression.
+    fn filter_words(&self) -> &[String] {
+        match self.pod_word() {
+            Some(_) => &self.words[1..],
+            None => &self.words,
+        }
+    }
+
+    async fn target(&self) -> Result<Target> {
         if let Some(iface) = &self.iface {
             let link = link::by_name(iface)?;
-            return Ok((Target::new(link, format!("interface {iface}")), words));
+            return Ok(Target::new(link, format!("interface {iface}")));
         }
         if let Some(pid) = self.pid {
-            return Ok((
-                Target::new(link::by_pid(pid)?, format!("process {pid}")),
-                words,
-            ));
+            return Ok(Target::new(link::by_pid(pid)?, format!("process {pid}")));
         }
         if let Some(netns) = &self.netns {
             let label = format!("network namespace {}", netns.display());
-            return Ok((Target::new(link::by_netns(netns)?, label), words));
+            return Ok(Target::new(link::by_netns(netns)?, label));
         }
-        let selector = match (&self.uid, &self.container) {
-            (Some(uid), _) => PodSelector::Uid(uid.clone()),
-            (None, Some(id)) => PodSelector::Container(id.clone()),
-            (None, None) if words.is_empty() => bail!(TargetMissing),
-            (None, None) => PodSelector::parse(&words.remove(0), self.namespace.as_deref())?,
+        let selector = match (&self.uid, &self.container, self.pod_word()) {
+            (Some(uid), _, _) => PodSelector::Uid(uid.clone()),
+            (None, Some(id), _) => PodSelector::Container(id.clone()),
+            (None, None, None) => bail!(TargetMissing),
+            (None, None, Some(pod)) => PodSelector::parse(pod, self.namespace.as_deref())?,
         };
         let (mut client, endpoint) =
             target::connect(self.runtime.runtime_endpoint.as_deref()).await?;
         podtrace::verbose(format_args!("container runtime: {endpoint}"));
         let sandbox = target::resolve(&mut client, &selector).await?;
-        Ok((pod_target(&sandbox)?, words))
+        pod_target(&sandbox)
     }
 }
 
@@ -466,5 +526,105 @@ mod tests {
         assert_eq!(ring_bytes(8192), 8 << 20);
         assert_eq!(ring_bytes(100), 128 * 1024);
         assert_eq!(ring_bytes(1), 4096);
+    }
+
+    #[test]
+    fn filter_words_follow_the_target() {
+        let c = capture(&[
+            "web",
+            "tcp",
+            "port",
+            "8080",
+            "and",
+            "not",
+            "host",
+            "10.245.0.1",
+        ])
+        .unwrap();
+        assert_eq!(c.pod_word(), Some("web"));
+        assert_eq!(
+            c.filter_words().join(" "),
+            "tcp port 8080 and not host 10.245.0.1"
+        );
+        let c = capture(&["web", "tcp port 8080 and not host 10.245.0.1"]).unwrap();
+        assert_eq!(c.filter_words(), ["tcp port 8080 and not host 10.245.0.1"]);
+        for target in [
+            ["-i", "eth0"],
+            ["--pid", "1"],
+            ["--uid", "u"],
+            ["--container", "c"],
+        ] {
+            let c = capture(&[target[0], target[1], "tcp", "port", "80"]).unwrap();
+            assert_eq!(c.pod_word(), None);
+            assert_eq!(c.filter_words(), ["tcp", "port", "80"]);
+        }
+        let c = capture(&["web"]).unwrap();
+        assert!(c.filter_words().is_empty());
+    }
+
+    #[test]
+    fn filter_file_and_dump_flags() {
+        let c = capture(&["-i", "eth0", "-F", "f.txt", "-ddd"]).unwrap();
+        assert_eq!(
+            c.filter_file.as_deref(),
+            Some(std::path::Path::new("f.txt"))
+        );
+        assert_eq!(c.dump, 3);
+        // Options after the pod still parse as options.
+        let c = capture(&["web", "-d", "udp"]).unwrap();
+        assert_eq!((c.dump, c.filter_words()), (1, &["udp".to_string()][..]));
+    }
+
+    #[test]
+    fn dump_filter_needs_no_target() {
+        let c = capture(&["-d", "-i", "no-such-iface", "tcp", "port", "80"]).unwrap();
+        let out = c.dump_filter().unwrap();
+        assert!(out.starts_with("(000) ldh      [12]\n"), "{out}");
+        assert!(out.ends_with("ret      #0\n"), "{out}");
+        let c = capture(&["-d", "web", "-s", "96"]).unwrap();
+        assert_eq!(c.dump_filter().unwrap(), "(000) ret      #96\n");
+        // The first word is still the pod, and is still checked.
+        let err = capture(&["-d", "tcp port 80"])
+            .unwrap()
+            .dump_filter()
+            .unwrap_err();
+        assert!(err.to_string().contains("no whitespace"), "{err}");
+    }
+
+    #[test]
+    fn filter_from_file_or_words_not_both() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("filter");
+        std::fs::write(&path, "udp port 53 # dns\n").unwrap();
+        let file = path.to_str().unwrap();
+        let c = capture(&["-i", "eth0", "-F", file, "-d"]).unwrap();
+        assert_eq!(
+            c.dump_filter().unwrap(),
+            capture(&["-i", "eth0", "-d", "udp", "port", "53"])
+                .unwrap()
+                .dump_filter()
+                .unwrap()
+        );
+        // For a pod, the first word is the pod and may come with -F.
+        assert!(capture(&["web", "-F", file, "-d"])
+            .unwrap()
+            .dump_filter()
+            .is_ok());
+        let err = capture(&["-i", "eth0", "-F", file, "-d", "tcp"])
+            .unwrap()
+            .dump_filter()
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "a filter expression was given both with -F and on the command line (\"tcp\")"
+        );
+        let err = capture(&["-d", "--pid", "1", "tcp", "prt", "80"])
+            .unwrap()
+            .dump_filter()
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid filter expression \"tcp prt 80\": syntax error"
+        );
     }
 }

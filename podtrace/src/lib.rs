@@ -3,11 +3,13 @@
 //!
 //! The pipeline, one module per step:
 //! `target` (pod → sandbox pid, over CRI) → [`link`] (pid or netns → host
-//! veth) → [`attach`] (TC programs, TCX or clsact) → [`ring`] (drain and
-//! decode records) → [`sink`] (pcap, text), driven by [`capture`].
+//! veth) → [`attach`] (TC programs, TCX or clsact, with the [`filter`]
+//! libpcap compiled) → [`ring`] (drain and decode records) → [`sink`]
+//! (pcap, text), driven by [`capture`].
 
 pub mod attach;
 pub mod capture;
+pub mod filter;
 pub mod link;
 pub mod preflight;
 mod progress;

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use cli::Command;
 use podtrace::{
     capture::{self, StopReason},
+    filter::FilterError,
     link::LinkError,
     preflight,
     target::TargetError,
@@ -29,6 +30,10 @@ fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()?;
     match cli.command {
+        Command::Capture(args) if args.dump > 0 => {
+            print_out(&args.dump_filter()?)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Capture(args) => {
             preflight::check()?;
             let plan = runtime.block_on(args.plan(cli.verbose > 0))?;
@@ -43,9 +48,19 @@ fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Pods(args) => {
-            print!("{}", runtime.block_on(args.run())?);
+            print_out(&runtime.block_on(args.run())?)?;
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// Writes `text` to stdout; a reader that went away (`| head`) is not an error.
+fn print_out(text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
     }
 }
 
@@ -70,6 +85,9 @@ fn exit_code(err: &anyhow::Error) -> u8 {
     }
     if err.downcast_ref::<cli::TargetMissing>().is_some() {
         return 2;
+    }
+    if let Some(e) = err.downcast_ref::<FilterError>() {
+        return if e.is_bad_input() { 2 } else { 1 };
     }
     if let Some(e) = err.downcast_ref::<TargetError>() {
         use TargetError as T;

@@ -8,6 +8,7 @@
 mod capture;
 mod coexist;
 mod errors;
+mod filter;
 mod output;
 mod pods;
 
@@ -105,6 +106,26 @@ const TESTS: &[(&str, TestFn)] = &[
         errors::output_file_is_private,
     ),
     ("errors::no_target", errors::no_target),
+    (
+        "filter::matches_tcpdump_on_mixed_traffic",
+        filter::matches_tcpdump_on_mixed_traffic,
+    ),
+    (
+        "filter::long_filter_loads_and_matches",
+        filter::long_filter_loads_and_matches,
+    ),
+    (
+        "filter::filtered_counter_counts_rejected_packets",
+        filter::filtered_counter_counts_rejected_packets,
+    ),
+    (
+        "filter::invalid_filter_attaches_nothing",
+        filter::invalid_filter_attaches_nothing,
+    ),
+    (
+        "filter::dump_matches_tcpdump_unprivileged",
+        filter::dump_matches_tcpdump_unprivileged,
+    ),
 ];
 
 /// Why the tests cannot run here, if they cannot.
@@ -122,6 +143,7 @@ fn missing_prerequisite() -> Option<String> {
     }
     for tool in [
         "tshark",
+        "tcpdump",
         "bpftool",
         "busybox",
         "ip",

@@ -7,6 +7,7 @@
 pub mod http;
 pub mod netns;
 pub mod node;
+pub mod pcap;
 pub mod run;
 mod sh;
 pub mod tshark;

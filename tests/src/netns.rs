@@ -3,7 +3,7 @@
 
 use std::{
     fs::File,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     os::fd::AsRawFd,
     path::PathBuf,
     process::{Child, Command, Stdio},
@@ -121,6 +121,101 @@ impl TestNet {
             .join()
             .map_err(|_| anyhow::anyhow!("namespace thread panicked"))?
         })
+    }
+
+    /// Runs a command inside the namespace (`ip netns exec`); returns stdout.
+    pub fn in_ns(&self, args: &[&str]) -> Result<String> {
+        let mut all = vec!["ip", "netns", "exec", self.name.as_str()];
+        all.extend_from_slice(args);
+        sh(&all)
+    }
+
+    /// MAC address of the host end.
+    pub fn host_mac(&self) -> Result<String> {
+        let path = format!("/sys/class/net/{}/address", self.host_if);
+        Ok(std::fs::read_to_string(path)?.trim().to_owned())
+    }
+
+    /// MAC address of eth0 inside the namespace.
+    pub fn ns_mac(&self) -> Result<String> {
+        Ok(self
+            .in_ns(&["cat", "/sys/class/net/eth0/address"])?
+            .trim()
+            .to_owned())
+    }
+
+    /// Permanent neighbour entries on both ends: no ARP on the wire.
+    pub fn pin_neighbours(&self) -> Result<()> {
+        let (host_mac, ns_mac) = (self.host_mac()?, self.ns_mac()?);
+        sh(&[
+            "ip",
+            "neigh",
+            "replace",
+            &self.ns_ip.to_string(),
+            "lladdr",
+            &ns_mac,
+            "nud",
+            "permanent",
+            "dev",
+            &self.host_if,
+        ])?;
+        self.in_ns(&[
+            "ip",
+            "neigh",
+            "replace",
+            &self.host_ip.to_string(),
+            "lladdr",
+            &host_mac,
+            "nud",
+            "permanent",
+            "dev",
+            "eth0",
+        ])
+        .map(drop)
+    }
+
+    /// Turns IPv6 on for this pair only, quietly: fd00:246:N::1 on the host
+    /// end and ::2 inside, no DAD and no router solicitations. The kernel
+    /// still sends a few MLD reports in the next ~2 s. Returns (host, ns).
+    pub fn enable_ipv6(&self) -> Result<(Ipv6Addr, Ipv6Addr)> {
+        let n = self.host_ip.octets()[2].into();
+        let host = Ipv6Addr::new(0xfd00, 0x246, n, 0, 0, 0, 0, 1);
+        let ns = Ipv6Addr::new(0xfd00, 0x246, n, 0, 0, 0, 0, 2);
+        let quiet = |prefix: &str| {
+            [
+                format!("{prefix}.accept_dad=0"),
+                format!("{prefix}.router_solicitations=0"),
+                format!("{prefix}.accept_ra=0"),
+                format!("{prefix}.disable_ipv6=0"),
+            ]
+        };
+        for setting in quiet(&format!("net.ipv6.conf.{}", self.host_if)) {
+            sh(&["sysctl", "-qw", &setting])?;
+        }
+        for setting in quiet("net.ipv6.conf.eth0") {
+            self.in_ns(&["sysctl", "-qw", &setting])?;
+        }
+        sh(&[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            &format!("{host}/64"),
+            "dev",
+            &self.host_if,
+            "nodad",
+        ])?;
+        self.in_ns(&[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            &format!("{ns}/64"),
+            "dev",
+            "eth0",
+            "nodad",
+        ])?;
+        Ok((host, ns))
     }
 
     /// `busybox ping` from the host to the namespace.

@@ -32,8 +32,15 @@ pub struct Finished {
 }
 
 impl Finished {
-    /// (captured, lost) from the summary line.
+    /// (captured, lost) from the summary line, with or without a filter.
     pub fn summary(&self) -> Result<(u64, u64)> {
+        let (captured, _, lost) = self.summary_filtered()?;
+        Ok((captured, lost))
+    }
+
+    /// (captured, filtered, lost) from the summary line; `filtered` is
+    /// `None` when the run had no filter (the line does not mention it).
+    pub fn summary_filtered(&self) -> Result<(u64, Option<u64>, u64)> {
         let line = self
             .stderr
             .lines()
@@ -41,13 +48,21 @@ impl Finished {
             .with_context(|| format!("no summary line in stderr:\n{}", self.stderr))?;
         let nums: Vec<u64> = line
             .split_whitespace()
-            .filter_map(|w| w.parse().ok())
+            .filter_map(|w| w.trim_end_matches(',').parse().ok())
             .collect();
         match nums[..] {
             [captured, lost]
                 if line == format!("{captured} packets captured, {lost} lost in kernel") =>
             {
-                Ok((captured, lost))
+                Ok((captured, None, lost))
+            }
+            [captured, filtered, lost]
+                if line
+                    == format!(
+                        "{captured} packets captured, {filtered} filtered, {lost} lost in kernel"
+                    ) =>
+            {
+                Ok((captured, Some(filtered), lost))
             }
             _ => bail!("unexpected summary line {line:?}"),
         }

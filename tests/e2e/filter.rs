@@ -1,0 +1,504 @@
+//! tcpdump filter expressions (issue 6): podtrace must select exactly the
+//! packets `tcpdump -r unfiltered.pcap EXPR` selects, count what it rejects,
+//! and refuse bad expressions before attaching anything.
+//!
+//! The differential tests run one unfiltered podtrace and one per expression
+//! side by side on the same veth (TCX chains them), all started before the
+//! traffic and stopped after it settles, so every instance sees the same
+//! packets; the unfiltered file then gives tcpdump's answer.
+
+use std::{
+    io::{Read, Write},
+    net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    path::Path,
+    process::Command,
+    time::Duration,
+};
+
+use anyhow::{bail, ensure, Context, Result};
+use aya::programs::{SchedClassifier, TcAttachType};
+use podtrace_tests::{
+    netns::TestNet,
+    pcap,
+    run::{self, Capture, Finished},
+    sh,
+};
+
+use crate::capture::{assert_released, tempdir};
+
+/// Expressions checked against tcpdump; `{ns}`, `{host}`, `{ns6}`, `{host6}`,
+/// `{ns_mac}` and `{host_mac}` are replaced with the test net's values.
+const EXPRESSIONS: &[&str] = &[
+    "host {ns}",
+    "src host {host}",
+    "dst host {ns} and not icmp",
+    "net 10.246.0.0/16",
+    "not net 10.0.0.0/8",
+    "port 9000",
+    "tcp port 9000 and not host 10.245.0.1",
+    "udp port 7001",
+    "portrange 7000-7010",
+    "udp dst portrange 5000-7001",
+    "src port 9000 or dst port 53",
+    "tcp",
+    "udp",
+    "icmp",
+    "arp",
+    "ip",
+    "ip6",
+    "icmp6",
+    "vlan",
+    "vlan and udp",
+    "ip proto 1 or ip6 and udp",
+    "ether proto 0x0806",
+    "ether broadcast",
+    "ether host {host_mac}",
+    "ether src {ns_mac} and not ip6",
+    "ether[0] & 1 != 0",
+    "tcp[tcpflags] & tcp-syn != 0",
+    "tcp[tcpflags] & (tcp-fin|tcp-rst) != 0 and src host {ns}",
+    "tcp[tcpflags] == tcp-ack",
+    "icmp[icmptype] == icmp-echo",
+    "icmp[icmptype] == icmp-echoreply or icmp[icmptype] == icmp-unreach",
+    "ip[8] < 65",
+    "ip[8] == 64 and ip[2:2] > 1000",
+    "ip[6:2] & 0x1fff = 0 and udp",
+    "len > 100",
+    "greater 2000",
+    "less 80",
+    "len - 14 >= 1000 or len * 2 < 130",
+    "len / 3 > 30 and len % 2 == 0",
+    "(len >> 1) & 0x7 == 3 or (len << 2) ^ 0x55 > 4000",
+    // Division by zero (X = 0 for TCP) rejects the packet, as in libpcap.
+    "ip and len / (ip[9] - 6) != 123456",
+    // Payload loads through X (IND), some past the linear part of GSO packets.
+    "tcp[((tcp[12:1] & 0xf0) >> 2):4] = 0x47455420",
+    "tcp[1500:4] != 0",
+    "udp[8:2] = 0x0001",
+    // Beyond the end of every packet: out-of-bounds loads reject.
+    "ip[60000] = 0 or ether[70000:4] = 0",
+    "(udp or icmp) and src host {ns}",
+    "not (host {host} and tcp)",
+    "not arp and not ip6 and not udp",
+    "ip6 host {ns6}",
+    "ip6 and (udp port 7001 or tcp port 9000)",
+    "ip6[6] == 58 and ip6[40] == 128",
+];
+
+/// Instances running at once; beyond this, the traffic is repeated.
+const BATCH: usize = 18;
+
+/// Every expression above, against tcpdump, on IPv4, IPv6 and ARP traffic.
+pub fn matches_tcpdump_on_mixed_traffic() -> Result<()> {
+    let net = TestNet::new()?;
+    let v6 = net.enable_ipv6()?;
+    // Let its MLD reports fade out before the captures start (~2 s).
+    std::thread::sleep(Duration::from_secs(3));
+    let vars = Vars::of(&net, v6)?;
+    let expressions: Vec<String> = EXPRESSIONS.iter().map(|e| vars.fill(e)).collect();
+    ensure!(expressions.len() >= 30);
+    let mut selected = Vec::new();
+    for batch in expressions.chunks(BATCH) {
+        selected.extend(differential(&net, Some(v6), batch)?);
+    }
+    // The traffic has what the expressions are about: ARP, IPv6, a GSO
+    // super-packet, loads past the end rejected, no VLAN tags.
+    for (expr, nonempty) in [
+        ("arp", true),
+        ("ip6", true),
+        ("icmp6", true),
+        ("greater 2000", true),
+        ("tcp[1500:4] != 0", true),
+        ("tcp[tcpflags] & tcp-syn != 0", true),
+        ("vlan", false),
+        ("ip[60000] = 0 or ether[70000:4] = 0", false),
+    ] {
+        let n = selected.iter().find(|(e, _)| e == expr).map(|(_, n)| *n);
+        ensure!(
+            n.is_some_and(|n| (n > 0) == nonempty),
+            "{expr:?} selected {n:?} packets"
+        );
+    }
+    Ok(())
+}
+
+/// A filter of 100+ classic-BPF instructions loads and matches tcpdump.
+pub fn long_filter_loads_and_matches() -> Result<()> {
+    let net = TestNet::new()?;
+    let mut hosts: Vec<String> = (100..130).map(|i| format!("host 10.246.250.{i}")).collect();
+    hosts.push(format!("host {}", net.ns_ip));
+    let long = hosts.join(" or ");
+    let dump = run::run(&["capture", "-d", "-i", &net.host_if, &long])?;
+    ensure!(dump.status.success(), "-d failed: {}", dump.stderr);
+    let insns = dump.stdout.lines().count();
+    ensure!(insns >= 100, "only {insns} instructions:\n{}", dump.stdout);
+    // And one that is not about addresses at all, with an instruction per port.
+    let ports: Vec<String> = (7000..7040).map(|p| format!("udp port {p}")).collect();
+    let filters = [long, format!("tcp or {}", ports.join(" or "))];
+    let selected = differential(&net, None, &filters)?;
+    ensure!(selected.iter().all(|(_, n)| *n > 0), "{selected:?}");
+    Ok(())
+}
+
+/// The filtered-out counter is exactly the number of packets not matching.
+pub fn filtered_counter_counts_rejected_packets() -> Result<()> {
+    const MATCHING: usize = 50;
+    const OTHER_PORT: usize = 30;
+    const FROM_NS: usize = 12;
+    let net = TestNet::new()?;
+    // No ARP on the wire (and IPv6 is off): only the datagrams below.
+    net.pin_neighbours()?;
+    let dir = tempdir()?;
+    let file = dir.path().join("f.pcap");
+    let capture = Capture::start(&[
+        "capture",
+        "-i",
+        &net.host_if,
+        "-w",
+        file.to_str().unwrap(),
+        "udp",
+        "port",
+        "7001",
+    ])?;
+    // Receivers everywhere, so no ICMP port-unreachable joins in.
+    let receivers = net.within(|| [7001, 7002].map(|port| UdpSocket::bind((net.ns_ip, port))))?;
+    let receivers: Vec<UdpSocket> = receivers.into_iter().collect::<Result<_, _>>()?;
+    let host_rx = UdpSocket::bind((net.host_ip, 7003))?;
+    let sock = UdpSocket::bind((net.host_ip, 0))?;
+    // Interleaved: 5 matching of every 8.
+    const _: () = assert!(MATCHING * 8 == (MATCHING + OTHER_PORT) * 5);
+    for i in 0..MATCHING + OTHER_PORT {
+        let port = if i % 8 < 5 { 7001 } else { 7002 };
+        sock.send_to(&[i as u8; 20], (net.ns_ip, port))?;
+    }
+    net.within(|| -> Result<()> {
+        let s = UdpSocket::bind((net.ns_ip, 0))?;
+        for i in 0..FROM_NS {
+            s.send_to(&[i as u8; 30], (net.host_ip, 7003))?;
+        }
+        Ok(())
+    })??;
+    std::thread::sleep(Duration::from_millis(200));
+    let done = capture.stop(libc::SIGINT)?;
+    drop((receivers, host_rx));
+    ensure!(done.status.success(), "{}", done.stderr);
+    let (captured, filtered, lost) = done.summary_filtered()?;
+    let want_filtered = (OTHER_PORT + FROM_NS) as u64;
+    ensure!(
+        (captured, filtered, lost) == (MATCHING as u64, Some(want_filtered), 0),
+        "want {MATCHING} captured, {want_filtered} filtered, 0 lost: {}",
+        done.stderr
+    );
+    let packets = pcap::read(&file)?;
+    ensure!(
+        packets.len() == MATCHING,
+        "{} packets in the file",
+        packets.len()
+    );
+    assert_released(&done, &net.host_if)
+}
+
+/// A bad expression: libpcap's message on one line, exit 2, nothing loaded.
+pub fn invalid_filter_attaches_nothing() -> Result<()> {
+    let net = TestNet::new()?;
+    let dir = tempdir()?;
+    let file = dir.path().join("f");
+    std::fs::write(&file, "udp # comment\n")?;
+    let file = file.to_str().unwrap();
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &["tcp", "prt", "80"],
+            "podtrace: invalid filter expression \"tcp prt 80\": syntax error",
+        ),
+        (
+            &["port 99999"],
+            "podtrace: invalid filter expression \"port 99999\": illegal port number 99999 > 65535",
+        ),
+        (
+            &["-F", file, "tcp"],
+            "podtrace: a filter expression was given both with -F and on the command line (\"tcp\")",
+        ),
+        (
+            &["-F", "/nonexistent/filter"],
+            "podtrace: cannot read filter file /nonexistent/filter: No such file or directory (os error 2)",
+        ),
+    ];
+    for (filter, want) in cases {
+        let mut args = vec!["capture", "-i", &net.host_if, "-w", "/dev/null"];
+        args.extend_from_slice(filter);
+        let done = run::run(&args)?;
+        ensure!(
+            done.status.code() == Some(2) && done.stderr == format!("{want}\n"),
+            "{args:?}: want exit 2 and {want:?}; got {:?}: {:?}",
+            done.status.code(),
+            done.stderr
+        );
+        for hook in [TcAttachType::Ingress, TcAttachType::Egress] {
+            let (_, programs) = SchedClassifier::query_tcx(&net.host_if, hook)?;
+            ensure!(programs.is_empty(), "something attached to {}", net.host_if);
+        }
+    }
+    Ok(())
+}
+
+/// -d/-dd/-ddd print what tcpdump prints, need no root and attach nothing.
+pub fn dump_matches_tcpdump_unprivileged() -> Result<()> {
+    let expressions = [
+        "tcp port 8080 and not host 10.245.0.1",
+        "icmp[icmptype] == icmp-echo or arp",
+        "vlan and ip6",
+        "",
+    ];
+    for expr in expressions {
+        for (flag, snaplen) in [("-d", "0"), ("-dd", "96"), ("-ddd", "262144")] {
+            let tcpdump = Command::new("tcpdump")
+                .args([flag, "-s", snaplen, expr])
+                .output()?;
+            ensure!(tcpdump.status.success(), "tcpdump {flag} {expr:?} failed");
+            // As nobody, without capabilities, and naming no real target.
+            let ours = Command::new("setpriv")
+                .args([
+                    "--reuid=65534",
+                    "--regid=65534",
+                    "--clear-groups",
+                    "--inh-caps=-all",
+                ])
+                .arg(run::bin())
+                .args(["capture", flag, "-s", snaplen, "--pid", "4194400", expr])
+                .output()?;
+            ensure!(
+                ours.status.success() && ours.stdout == tcpdump.stdout,
+                "podtrace {flag} -s {snaplen} {expr:?} differs from tcpdump:\n{}\nvs\n{}\n{}",
+                String::from_utf8_lossy(&ours.stdout),
+                String::from_utf8_lossy(&tcpdump.stdout),
+                String::from_utf8_lossy(&ours.stderr),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Captures the test traffic with no filter and with each of `expressions`
+/// at once; each filtered file must hold exactly the packets, in order and
+/// byte for byte, that tcpdump selects from the unfiltered one. Returns how
+/// many packets each expression selected.
+fn differential(
+    net: &TestNet,
+    v6: Option<(Ipv6Addr, Ipv6Addr)>,
+    expressions: &[String],
+) -> Result<Vec<(String, usize)>> {
+    let dir = tempdir()?;
+    let out = |i: usize| dir.path().join(format!("{i}.pcap"));
+    // Start with the unfiltered one, so every capture below is known to run
+    // before any traffic starts.
+    let mut captures = Vec::new();
+    for i in 0..=expressions.len() {
+        let file = out(i);
+        let mut args = vec![
+            "capture",
+            "-i",
+            &net.host_if,
+            "-B",
+            "1024",
+            "-w",
+            file.to_str().unwrap(),
+        ];
+        if i > 0 {
+            args.push(&expressions[i - 1]);
+        }
+        captures
+            .push(Capture::start(&args).with_context(|| format!("starting with filter {args:?}"))?);
+    }
+    traffic(net, v6)?;
+    std::thread::sleep(Duration::from_millis(300));
+    // Stop them all at (nearly) once, then collect.
+    for c in &captures {
+        // SAFETY: signalling our own child by pid.
+        unsafe { libc::kill(c.pid() as i32, libc::SIGINT) };
+    }
+    let done: Vec<Finished> = captures
+        .into_iter()
+        .map(|c| c.wait(Duration::from_secs(20)))
+        .collect::<Result<_>>()?;
+    for (i, d) in done.iter().enumerate() {
+        ensure!(d.status.success(), "capture {i} failed: {}", d.stderr);
+        let (_, filtered, lost) = d.summary_filtered()?;
+        ensure!(lost == 0, "capture {i} lost {lost}");
+        ensure!(
+            filtered.is_some() == (i > 0),
+            "summary line of {i}: {}",
+            d.stderr
+        );
+    }
+    let all = pcap::read(&out(0))?;
+    ensure!(all.len() > 30, "too little traffic captured: {}", all.len());
+    let mut failures = Vec::new();
+    let mut selected = Vec::new();
+    for (i, expr) in expressions.iter().enumerate() {
+        let want = tcpdump_select(&out(0), expr, &dir.path().join(format!("{i}.want")))?;
+        let got = pcap::read(&out(i + 1))?;
+        selected.push((expr.clone(), want.len()));
+        if got != want {
+            failures.push(format!(
+                "{expr:?}: podtrace kept {} packets (first difference at {}), tcpdump {}",
+                got.len(),
+                got.iter()
+                    .zip(&want)
+                    .position(|(a, b)| a != b)
+                    .unwrap_or(got.len().min(want.len())),
+                want.len()
+            ));
+        }
+    }
+    if !failures.is_empty() {
+        bail!(
+            "{} of {} filters differ from tcpdump ({} packets in all):\n{}",
+            failures.len(),
+            expressions.len(),
+            all.len(),
+            failures.join("\n")
+        );
+    }
+    assert_released(&done[0], &net.host_if)?;
+    Ok(selected)
+}
+
+/// The packets of `file` that `tcpdump -r file EXPR` selects.
+fn tcpdump_select(file: &Path, expr: &str, out: &Path) -> Result<Vec<pcap::Packet>> {
+    let status = Command::new("tcpdump")
+        .arg("-r")
+        .arg(file)
+        .arg("-w")
+        .arg(out)
+        .arg(expr)
+        .output()?;
+    ensure!(
+        status.status.success(),
+        "tcpdump -r … {expr:?}: {}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    pcap::read(out)
+}
+
+/// Placeholders of [`EXPRESSIONS`].
+struct Vars(Vec<(&'static str, String)>);
+
+impl Vars {
+    fn of(net: &TestNet, (host6, ns6): (Ipv6Addr, Ipv6Addr)) -> Result<Self> {
+        Ok(Self(vec![
+            ("{ns}", net.ns_ip.to_string()),
+            ("{host}", net.host_ip.to_string()),
+            ("{ns6}", ns6.to_string()),
+            ("{host6}", host6.to_string()),
+            ("{ns_mac}", net.ns_mac()?),
+            ("{host_mac}", net.host_mac()?),
+        ]))
+    }
+
+    fn fill(&self, expr: &str) -> String {
+        self.0
+            .iter()
+            .fold(expr.to_owned(), |e, (name, value)| e.replace(name, value))
+    }
+}
+
+/// ARP (neighbours flushed first), ICMP echo small and large, TCP with a
+/// handshake and payload both ways (GSO-sized on the host's side), a RST,
+/// UDP to several ports both ways (some closed: ICMP unreachable), and the
+/// same over IPv6 when it is on.
+fn traffic(net: &TestNet, v6: Option<(Ipv6Addr, Ipv6Addr)>) -> Result<()> {
+    sh(&["ip", "neigh", "flush", "dev", &net.host_if])?;
+    net.in_ns(&["ip", "neigh", "flush", "dev", "eth0"])?;
+    net.ping(3, 56)?;
+    net.ping(2, 1400)?;
+    let mut request = b"GET / HTTP/1.0\r\n\r\n".to_vec();
+    request.extend(pattern(4000, 1));
+    let (host, ns) = (IpAddr::V4(net.host_ip), IpAddr::V4(net.ns_ip));
+    tcp_exchange(net, (ns, 9000).into(), &request, &pattern(1200, 7))?;
+    // Nobody listens on 9001: a SYN, then a RST.
+    let _ = TcpStream::connect_timeout(&(ns, 9001).into(), Duration::from_secs(2));
+    udp_both_ways(net, host, ns)?;
+    if let Some((host6, ns6)) = v6 {
+        sh(&[
+            "busybox",
+            "ping6",
+            "-q",
+            "-c",
+            "2",
+            "-W",
+            "2",
+            &ns6.to_string(),
+        ])?;
+        tcp_exchange(net, (IpAddr::V6(ns6), 9000).into(), &request[..600], b"ok")?;
+        udp_both_ways(net, IpAddr::V6(host6), IpAddr::V6(ns6))?;
+    }
+    Ok(())
+}
+
+fn udp_both_ways(net: &TestNet, host: IpAddr, ns: IpAddr) -> Result<()> {
+    let receivers = net.within(|| [53, 7001, 8080].map(|port| UdpSocket::bind((ns, port))))?;
+    let receivers: Vec<UdpSocket> = receivers.into_iter().collect::<Result<_, _>>()?;
+    let sock = UdpSocket::bind((host, 0))?;
+    let mut payload = vec![0, 1];
+    payload.extend(pattern(30, 9));
+    for (port, size) in [
+        (53, 40),
+        (7001, 10),
+        (7001, 300),
+        (7002, 64),
+        (8080, 1000),
+        (5000, 20),
+    ] {
+        sock.send_to(
+            &payload
+                .iter()
+                .copied()
+                .cycle()
+                .take(size)
+                .collect::<Vec<_>>(),
+            (ns, port),
+        )?;
+    }
+    net.within(|| -> Result<()> {
+        let s = UdpSocket::bind((ns, 7005))?;
+        // To a closed port on the host: it answers with ICMP unreachable.
+        s.send_to(&pattern(50, 3), (host, 7003))?;
+        s.send_to(&pattern(1200, 4), (host, 53))?;
+        Ok(())
+    })??;
+    std::thread::sleep(Duration::from_millis(50));
+    drop(receivers);
+    Ok(())
+}
+
+/// `request` from the host to `to` (a listener in the namespace), `reply`
+/// back; returns once both sides are done.
+fn tcp_exchange(net: &TestNet, to: SocketAddr, request: &[u8], reply: &[u8]) -> Result<()> {
+    let listener = net.within(|| TcpListener::bind(to))??;
+    std::thread::scope(|s| -> Result<()> {
+        let server = s.spawn(|| -> Result<Vec<u8>> {
+            let (mut conn, _) = listener.accept()?;
+            let mut got = vec![0; request.len()];
+            conn.read_exact(&mut got)?;
+            conn.write_all(reply)?;
+            Ok(got)
+        });
+        let mut client = TcpStream::connect(to)?;
+        client.write_all(request)?;
+        let mut answer = vec![0; reply.len()];
+        client.read_exact(&mut answer)?;
+        drop(client);
+        let got = server.join().unwrap()?;
+        ensure!(
+            got == request && answer == reply,
+            "the TCP exchange itself failed"
+        );
+        Ok(())
+    })
+}
+
+fn pattern(n: usize, seed: u8) -> Vec<u8> {
+    (0..n)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
