@@ -266,9 +266,10 @@ impl CaptureArgs {
 
     /// The word naming the pod, if the first word names it.
     fn pod_word(&self) -> Option<&str> {
-        match self.target_by_option() {
-            true => None,
-            false => self.words.first().map(String::as_str),
+        if self.target_by_option() {
+            None
+        } else {
+            self.words.first().map(String::as_str)
         }
     }
 

@@ -7,13 +7,7 @@
 //! traffic and stopped after it settles, so every instance sees the same
 //! packets; the unfiltered file then gives tcpdump's answer.
 
-use std::{
-    io::{Read, Write},
-    net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
-    path::Path,
-    process::Command,
-    time::Duration,
-};
+use std::{net::Ipv6Addr, net::UdpSocket, path::Path, process::Command, time::Duration};
 
 use anyhow::{bail, ensure, Context, Result};
 use aya::programs::{SchedClassifier, TcAttachType};
@@ -21,7 +15,7 @@ use podtrace_tests::{
     netns::TestNet,
     pcap,
     run::{self, Capture, Finished},
-    sh,
+    traffic,
 };
 
 use crate::capture::{assert_released, tempdir};
@@ -309,7 +303,7 @@ fn differential(
         captures
             .push(Capture::start(&args).with_context(|| format!("starting with filter {args:?}"))?);
     }
-    traffic(net, v6)?;
+    traffic::on_one_cpu(|| traffic::mixed(net, v6))?;
     std::thread::sleep(Duration::from_millis(300));
     // Stop them all at (nearly) once, then collect.
     for c in &captures {
@@ -400,105 +394,4 @@ impl Vars {
             .iter()
             .fold(expr.to_owned(), |e, (name, value)| e.replace(name, value))
     }
-}
-
-/// ARP (neighbours flushed first), ICMP echo small and large, TCP with a
-/// handshake and payload both ways (GSO-sized on the host's side), a RST,
-/// UDP to several ports both ways (some closed: ICMP unreachable), and the
-/// same over IPv6 when it is on.
-fn traffic(net: &TestNet, v6: Option<(Ipv6Addr, Ipv6Addr)>) -> Result<()> {
-    sh(&["ip", "neigh", "flush", "dev", &net.host_if])?;
-    net.in_ns(&["ip", "neigh", "flush", "dev", "eth0"])?;
-    net.ping(3, 56)?;
-    net.ping(2, 1400)?;
-    let mut request = b"GET / HTTP/1.0\r\n\r\n".to_vec();
-    request.extend(pattern(4000, 1));
-    let (host, ns) = (IpAddr::V4(net.host_ip), IpAddr::V4(net.ns_ip));
-    tcp_exchange(net, (ns, 9000).into(), &request, &pattern(1200, 7))?;
-    // Nobody listens on 9001: a SYN, then a RST.
-    let _ = TcpStream::connect_timeout(&(ns, 9001).into(), Duration::from_secs(2));
-    udp_both_ways(net, host, ns)?;
-    if let Some((host6, ns6)) = v6 {
-        sh(&[
-            "busybox",
-            "ping6",
-            "-q",
-            "-c",
-            "2",
-            "-W",
-            "2",
-            &ns6.to_string(),
-        ])?;
-        tcp_exchange(net, (IpAddr::V6(ns6), 9000).into(), &request[..600], b"ok")?;
-        udp_both_ways(net, IpAddr::V6(host6), IpAddr::V6(ns6))?;
-    }
-    Ok(())
-}
-
-fn udp_both_ways(net: &TestNet, host: IpAddr, ns: IpAddr) -> Result<()> {
-    let receivers = net.within(|| [53, 7001, 8080].map(|port| UdpSocket::bind((ns, port))))?;
-    let receivers: Vec<UdpSocket> = receivers.into_iter().collect::<Result<_, _>>()?;
-    let sock = UdpSocket::bind((host, 0))?;
-    let mut payload = vec![0, 1];
-    payload.extend(pattern(30, 9));
-    for (port, size) in [
-        (53, 40),
-        (7001, 10),
-        (7001, 300),
-        (7002, 64),
-        (8080, 1000),
-        (5000, 20),
-    ] {
-        sock.send_to(
-            &payload
-                .iter()
-                .copied()
-                .cycle()
-                .take(size)
-                .collect::<Vec<_>>(),
-            (ns, port),
-        )?;
-    }
-    net.within(|| -> Result<()> {
-        let s = UdpSocket::bind((ns, 7005))?;
-        // To a closed port on the host: it answers with ICMP unreachable.
-        s.send_to(&pattern(50, 3), (host, 7003))?;
-        s.send_to(&pattern(1200, 4), (host, 53))?;
-        Ok(())
-    })??;
-    std::thread::sleep(Duration::from_millis(50));
-    drop(receivers);
-    Ok(())
-}
-
-/// `request` from the host to `to` (a listener in the namespace), `reply`
-/// back; returns once both sides are done.
-fn tcp_exchange(net: &TestNet, to: SocketAddr, request: &[u8], reply: &[u8]) -> Result<()> {
-    let listener = net.within(|| TcpListener::bind(to))??;
-    std::thread::scope(|s| -> Result<()> {
-        let server = s.spawn(|| -> Result<Vec<u8>> {
-            let (mut conn, _) = listener.accept()?;
-            let mut got = vec![0; request.len()];
-            conn.read_exact(&mut got)?;
-            conn.write_all(reply)?;
-            Ok(got)
-        });
-        let mut client = TcpStream::connect(to)?;
-        client.write_all(request)?;
-        let mut answer = vec![0; reply.len()];
-        client.read_exact(&mut answer)?;
-        drop(client);
-        let got = server.join().unwrap()?;
-        ensure!(
-            got == request && answer == reply,
-            "the TCP exchange itself failed"
-        );
-        Ok(())
-    })
-}
-
-fn pattern(n: usize, seed: u8) -> Vec<u8> {
-    (0..n)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
-        .collect()
 }

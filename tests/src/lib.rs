@@ -10,6 +10,7 @@ pub mod node;
 pub mod pcap;
 pub mod run;
 mod sh;
+pub mod traffic;
 pub mod tshark;
 
 pub use sh::sh;

@@ -5,16 +5,16 @@ use std::{
     fs::File,
     net::{Ipv4Addr, Ipv6Addr},
     os::fd::AsRawFd,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::atomic::{AtomicU8, Ordering},
 };
 
 use anyhow::{bail, Context, Result};
 
 use crate::sh;
 
-static NEXT: AtomicU8 = AtomicU8::new(1);
+/// Lock files of the net numbers in use, one per number (see [`claim`]).
+const LOCK_DIR: &str = "/run/podtrace-tests";
 
 pub struct TestNet {
     /// `ip netns` name; the namespace file is /run/netns/NAME.
@@ -24,24 +24,25 @@ pub struct TestNet {
     pub host_ip: Ipv4Addr,
     pub ns_ip: Ipv4Addr,
     sleepers: Vec<Child>,
+    /// Holds the net number; released (by the kernel, even on a crash)
+    /// after the namespace and veth are gone.
+    _claim: File,
 }
 
 impl TestNet {
     /// 10.246.N.1 on the host end, 10.246.N.2 on eth0 inside; IPv6 off on
     /// both so router solicitations do not pollute packet counts.
     pub fn new() -> Result<Self> {
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let (n, claim) = claim()?;
         let name = format!("ptest-{n}");
         let host_if = format!("ptest{n}h");
-        // Leftovers of a run that was killed before its cleanup.
-        let _ = sh(&["ip", "netns", "del", &name]);
-        let _ = sh(&["ip", "link", "del", &host_if]);
         let net = Self {
             name: name.clone(),
             host_if: host_if.clone(),
             host_ip: Ipv4Addr::new(10, 246, n, 1),
             ns_ip: Ipv4Addr::new(10, 246, n, 2),
             sleepers: Vec::new(),
+            _claim: claim,
         };
         sh(&["ip", "netns", "add", &name])?;
         let ns = |args: &[&str]| -> Result<()> {
@@ -236,6 +237,40 @@ impl TestNet {
         ])
         .map(drop)
     }
+}
+
+/// A net number N (10.246.N.0/24, ptest-N, ptestNh) that no other test
+/// process uses: test suites of several worktrees may run side by side, and
+/// each process counting from 1 made them delete each other's namespaces
+/// and route the same subnet twice. An flock per number claims it; a
+/// number whose namespace, veth or subnet exists anyway (a crashed run's
+/// leftovers, a suite without this lock) is skipped, never deleted.
+fn claim() -> Result<(u8, File)> {
+    std::fs::create_dir_all(LOCK_DIR).with_context(|| format!("creating {LOCK_DIR}"))?;
+    // Start at a different number in each process, so that they rarely
+    // contend for the same locks, and above the numbers older harnesses
+    // (counting from 1) use.
+    let start = 100 + std::process::id() % 100;
+    // Subnets some other setup (a benchmark's namespace, say) already uses.
+    let addresses = sh(&["ip", "-o", "-4", "addr", "show"])?;
+    for i in 0..250 {
+        let n = ((start + i) % 250 + 1) as u8;
+        let path = Path::new(LOCK_DIR).join(format!("net-{n}.lock"));
+        let file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+        // SAFETY: a valid fd; LOCK_NB never blocks.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            continue;
+        }
+        let in_use = Path::new("/run/netns").join(format!("ptest-{n}")).exists()
+            || Path::new("/sys/class/net")
+                .join(format!("ptest{n}h"))
+                .exists()
+            || addresses.contains(&format!(" 10.246.{n}."));
+        if !in_use {
+            return Ok((n, file));
+        }
+    }
+    bail!("no free test network number in 1..=250 (see {LOCK_DIR})")
 }
 
 impl Drop for TestNet {
