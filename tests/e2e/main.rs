@@ -5,6 +5,7 @@
 //! tests are ignored with the reason — unless PODTRACE_E2E_REQUIRED=1 (set by
 //! xtask under CI=true), where they fail instead.
 
+mod bench;
 mod capture;
 mod coexist;
 mod errors;
@@ -74,6 +75,10 @@ const TESTS: &[(&str, TestFn)] = &[
         errors::output_file_is_private,
     ),
     ("errors::no_target", errors::no_target),
+    (
+        "bench::quick_run_has_every_row",
+        bench::quick_run_has_every_row,
+    ),
 ];
 
 /// Why the tests cannot run here, if they cannot.
@@ -89,7 +94,9 @@ fn missing_prerequisite() -> Option<String> {
             bin.display()
         ));
     }
-    for tool in ["tshark", "bpftool", "busybox", "ip", "clang", "tc"] {
+    for tool in [
+        "tshark", "bpftool", "busybox", "ip", "clang", "tc", "iperf3", "tcpdump",
+    ] {
         if podtrace_tests::sh(&["sh", "-c", &format!("command -v {tool}")]).is_err() {
             return Some(format!(
                 "{tool} not installed (cargo xtask setup installs it)"

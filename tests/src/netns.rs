@@ -30,9 +30,15 @@ impl TestNet {
     /// 10.246.N.1 on the host end, 10.246.N.2 on eth0 inside; IPv6 off on
     /// both so router solicitations do not pollute packet counts.
     pub fn new() -> Result<Self> {
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let name = format!("ptest-{n}");
-        let host_if = format!("ptest{n}h");
+        Self::named("ptest", NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// [`TestNet::new`] with namespace `PREFIX-N`, host veth `PREFIXNh` and
+    /// 10.246.N.0/24, for users that must not meet the tests' networks (the
+    /// benchmark). `PREFIX` is at most 10 characters.
+    pub fn named(prefix: &str, n: u8) -> Result<Self> {
+        let name = format!("{prefix}-{n}");
+        let host_if = format!("{prefix}{n}h");
         // Leftovers of a run that was killed before its cleanup.
         let _ = sh(&["ip", "netns", "del", &name]);
         let _ = sh(&["ip", "link", "del", &host_if]);
