@@ -94,9 +94,7 @@ fn missing_prerequisite() -> Option<String> {
             bin.display()
         ));
     }
-    for tool in [
-        "tshark", "bpftool", "busybox", "ip", "clang", "tc", "iperf3", "tcpdump",
-    ] {
+    for tool in ["tshark", "bpftool", "busybox", "ip", "clang", "tc"] {
         if podtrace_tests::sh(&["sh", "-c", &format!("command -v {tool}")]).is_err() {
             return Some(format!(
                 "{tool} not installed (cargo xtask setup installs it)"

@@ -4,11 +4,12 @@
 //! would, so podtrace meets real pods (pause sandbox, CNI veth, app container) without a cluster.
 //! Everything it needs is built locally; it needs root.
 
-pub mod bench;
 pub mod netns;
 pub mod node;
 pub mod run;
 mod sh;
 pub mod tshark;
+
+pub mod bench;
 
 pub use sh::sh;
