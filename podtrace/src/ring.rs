@@ -7,7 +7,7 @@
 //! mapping of it ([`RingView`]), which releases space in batches.
 
 use std::{
-    os::fd::{AsFd, AsRawFd, BorrowedFd},
+    os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd},
     sync::atomic::{AtomicU32, AtomicU64, Ordering},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -136,9 +136,8 @@ fn clock_ns(clock: libc::clockid_t) -> i128 {
 
 /// The ring buffer, readable from tokio.
 pub struct RingReader {
-    /// aya's handle: owns the map fd, which tokio watches for the kernel's
-    /// wakeups. Records are read through [`RingView`], not through it.
-    ring: AsyncFd<RingBuf<MapData>>,
+    /// The map's fd, which tokio watches for the kernel's wakeups.
+    ring: AsyncFd<OwnedFd>,
     view: RingView,
     /// Records the decoder rejected (never expected; counted, not fatal).
     pub malformed: u64,
@@ -146,10 +145,14 @@ pub struct RingReader {
 
 impl RingReader {
     pub fn new(ring: RingBuf<MapData>) -> std::io::Result<Self> {
-        let view = RingView::map(ring.as_fd())?;
+        // Our own fd and mapping; aya's handle (and its mapping of the whole
+        // ring, which would count twice in RSS) goes.
+        let fd = ring.as_fd().try_clone_to_owned()?;
+        drop(ring);
+        let view = RingView::map(fd.as_fd())?;
         Ok(Self {
-            // SAFETY: the AsyncFd owns the ring, so its fd outlives the registration.
-            ring: unsafe { AsyncFd::register(ring) }.map_err(std::io::Error::from)?,
+            // SAFETY: the AsyncFd owns the fd, so it outlives the registration.
+            ring: unsafe { AsyncFd::register(fd) }.map_err(std::io::Error::from)?,
             view,
             malformed: 0,
         })
@@ -183,8 +186,10 @@ impl RingReader {
 
 /// The kernel's ring buffer layout (kernel/bpf/ringbuf.c): a consumer page
 /// (`consumer_pos`, the only thing userspace writes), a producer page
-/// (`producer_pos`), then the data pages, mapped twice in a row so a record
-/// that wraps around is contiguous. Each record: a u32 length with a busy
+/// (`producer_pos`), then the data pages, which the kernel lets us map twice
+/// in a row so that a record wrapping around is contiguous. We map them once
+/// (the kernel populates the whole mapping, so each copy is ring-sized RSS)
+/// and copy the rare wrapping record. Each record: a u32 length with a busy
 /// and a discard bit, a u32 page offset, the data, padded to 8 bytes.
 const RINGBUF_BUSY_BIT: u32 = 1 << 31;
 const RINGBUF_DISCARD_BIT: u32 = 1 << 30;
@@ -204,6 +209,8 @@ struct RingView {
     /// Our position: records before it are consumed.
     pos: u64,
     release_every: u64,
+    /// A record that wraps around the end of the data pages, made whole.
+    wrapped: Vec<u8>,
 }
 
 impl RingView {
@@ -235,7 +242,7 @@ impl RingView {
             }
         };
         let consumer = mmap(page, libc::PROT_READ | libc::PROT_WRITE, 0)?;
-        let producer = match mmap(page + 2 * size as usize, libc::PROT_READ, page) {
+        let producer = match mmap(page + size as usize, libc::PROT_READ, page) {
             Ok(p) => p,
             Err(e) => {
                 // SAFETY: mapped just above with this length.
@@ -250,6 +257,7 @@ impl RingView {
             size,
             pos: 0,
             release_every: (size / 16).max(RINGBUF_HDR_SZ),
+            wrapped: Vec::new(),
         };
         view.pos = view.consumer_pos().load(Ordering::Acquire);
         Ok(view)
@@ -270,6 +278,7 @@ impl RingView {
     /// ring is empty, a record is still being written, or `f` says stop.
     fn consume<E>(&mut self, mut f: impl FnMut(&[u8]) -> Result<bool, E>) -> Result<(), E> {
         let mask = self.size - 1;
+        let size = self.size as usize;
         // SAFETY: the data pages follow the producer page in the mapping.
         let data = unsafe { self.producer.add(self.page) };
         let mut released = self.pos;
@@ -281,8 +290,8 @@ impl RingView {
             }
             while self.pos < end {
                 let offset = (self.pos & mask) as usize;
-                // SAFETY: offset < size, so the header lies in the first copy
-                // of the data pages; it is 8-byte aligned.
+                // SAFETY: offset < size, and 8-byte aligned as the kernel
+                // aligns records, so the header lies within the data pages.
                 let header = unsafe { &*data.add(offset).cast::<AtomicU32>() };
                 let len_flags = header.load(Ordering::Acquire);
                 if len_flags & RINGBUF_BUSY_BIT != 0 {
@@ -294,16 +303,23 @@ impl RingView {
                     break 'drain;
                 }
                 let keep_going = if len_flags & RINGBUF_DISCARD_BIT == 0 {
-                    // SAFETY: committed record of `len` bytes after its
-                    // header; with the data mapped twice it is contiguous,
-                    // and the kernel leaves it alone until we release it.
-                    let bytes = unsafe {
-                        std::slice::from_raw_parts(
-                            data.add(offset + RINGBUF_HDR_SZ as usize),
-                            len as usize,
-                        )
+                    // The record's bytes start after its header and may run
+                    // past the end of the data pages, continuing at their start.
+                    let start = offset + RINGBUF_HDR_SZ as usize;
+                    let head = (len as usize).min(size - start);
+                    // SAFETY: committed data, within the mapped data pages; the
+                    // kernel leaves it alone until we release it.
+                    let part = |at: usize, n: usize| unsafe {
+                        std::slice::from_raw_parts(data.add(at), n)
                     };
-                    f(bytes)
+                    if head == len as usize {
+                        f(part(start, head))
+                    } else {
+                        self.wrapped.clear();
+                        self.wrapped.extend_from_slice(part(start, head));
+                        self.wrapped.extend_from_slice(part(0, len as usize - head));
+                        f(&self.wrapped)
+                    }
                 } else {
                     Ok(true)
                 };
@@ -336,7 +352,7 @@ impl Drop for RingView {
             libc::munmap(self.consumer.cast(), self.page);
             libc::munmap(
                 self.producer.cast_mut().cast(),
-                self.page + 2 * self.size as usize,
+                self.page + self.size as usize,
             );
         }
     }

@@ -7,6 +7,7 @@
 
 mod bench;
 mod capture;
+mod capture_ring;
 mod coexist;
 mod errors;
 
@@ -78,6 +79,10 @@ const TESTS: &[(&str, TestFn)] = &[
     (
         "bench::quick_run_has_every_row",
         bench::quick_run_has_every_row,
+    ),
+    (
+        "capture_ring::small_ring_wraps_records_intact",
+        capture_ring::small_ring_wraps_records_intact,
     ),
 ];
 
