@@ -26,9 +26,9 @@ use aya_ebpf::{
     bindings::{
         tcx_action_base::TCX_NEXT, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP,
     },
-    helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_skb_load_bytes},
+    helpers::{bpf_ktime_get_ns, bpf_skb_load_bytes},
     macros::{classifier, map},
-    maps::{Array, PerCpuArray, RingBuf},
+    maps::{PerCpuArray, RingBuf},
     programs::TcContext,
 };
 use podtrace_common::{
@@ -53,20 +53,8 @@ static WAKEUP_BYTES: u64 = 1 << 20;
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
 
-/// Per-CPU staging area for one record: the ring's variable-size output needs
-/// a contiguous source, and a per-CPU array value cannot exceed 32 KiB, so this
-/// is a plain array with one slot per CPU (sized by the loader).
-#[map]
-static SCRATCH: Array<Record> = Array::with_max_entries(1, 0);
-
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS_LEN, 0);
-
-#[repr(C)]
-pub struct Record {
-    header: RecordHeader,
-    data: [u8; MAX_CAPLEN as usize + 1],
-}
 
 #[classifier]
 pub fn podtrace_ingress(ctx: TcContext) -> i32 {
@@ -121,12 +109,7 @@ fn try_capture(ctx: &TcContext, hook: u8, len: u32, keep: u32) -> Result<(), ()>
     if n == 0 || n > MAX_CAPLEN {
         return Ok(());
     }
-    // SAFETY: BPF helper, always valid in program context.
-    let cpu = unsafe { bpf_get_smp_processor_id() };
-    let slot = SCRATCH.get_ptr_mut(cpu).ok_or(())?;
-    // SAFETY: the slot belongs to this CPU and TC programs do not nest on it.
-    let record = unsafe { &mut *slot };
-    record.header = RecordHeader {
+    let header = RecordHeader {
         // SAFETY: BPF helper, always valid in program context.
         ts_ns: unsafe { bpf_ktime_get_ns() },
         // SAFETY: `skb` is the context pointer the kernel gave us.
@@ -136,18 +119,34 @@ fn try_capture(ctx: &TcContext, hook: u8, len: u32, keep: u32) -> Result<(), ()>
         hook,
         _pad: [0; 3],
     };
-    // SAFETY: copies at most `n` <= MAX_CAPLEN bytes into a buffer one larger.
-    let ret = unsafe { bpf_skb_load_bytes(skb as *const _, 0, record.data.as_mut_ptr().cast(), n) };
-    if ret < 0 {
-        return Err(());
+    // The smallest record class that holds header + n bytes (see emit).
+    let total = n as usize + RECORD_HEADER_LEN;
+    macro_rules! classes {
+        ($($size:literal),+) => {
+            $(if total <= $size {
+                return emit::<$size>(skb, &header, n);
+            })+
+        };
     }
-    // SAFETY: header and data are contiguous in a repr(C) struct.
-    let bytes = unsafe {
-        core::slice::from_raw_parts(
-            (record as *const Record).cast::<u8>(),
-            RECORD_HEADER_LEN + n as usize,
-        )
-    };
+    classes!(
+        128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144, 8192, 12288, 16384,
+        24576, 32768, 49152, 65560
+    );
+    Err(())
+}
+
+/// Copies the packet straight from the skb into a ring reservation of
+/// `SIZE` bytes (header + data + unread slack of at most a third).
+///
+/// The verifier needs a constant size per reservation, hence the classes;
+/// before, the packet went skb → per-CPU scratch → ring (bpf_ringbuf_output),
+/// one copy more.
+#[inline(always)]
+fn emit<const SIZE: usize>(
+    skb: *mut aya_ebpf::bindings::__sk_buff,
+    header: &RecordHeader,
+    n: u32,
+) -> Result<(), ()> {
     // SAFETY: read-only global, see SNAPLEN.
     let wakeup_bytes = unsafe { core::ptr::read_volatile(&WAKEUP_BYTES) };
     let flags = if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= wakeup_bytes {
@@ -155,7 +154,22 @@ fn try_capture(ctx: &TcContext, hook: u8, len: u32, keep: u32) -> Result<(), ()>
     } else {
         BPF_RB_NO_WAKEUP
     };
-    EVENTS.output::<[u8]>(bytes, flags as u64).map_err(|_| ())
+    let mut entry = EVENTS.reserve_bytes(SIZE, 0).ok_or(())?;
+    // The verifier knows 0 < n <= SIZE - RECORD_HEADER_LEN from the checks in
+    // try_capture on this same register (no black_box here: it would forget).
+    let record = entry.as_mut_ptr();
+    // SAFETY: the reservation is 8-byte aligned and SIZE > RECORD_HEADER_LEN;
+    // the copy stays within it (n <= SIZE - RECORD_HEADER_LEN).
+    let ret = unsafe {
+        record.cast::<RecordHeader>().write(*header);
+        bpf_skb_load_bytes(skb as *const _, 0, record.add(RECORD_HEADER_LEN).cast(), n)
+    };
+    if ret < 0 {
+        entry.discard(BPF_RB_NO_WAKEUP as u64);
+        return Err(());
+    }
+    entry.submit(flags as u64);
+    Ok(())
 }
 
 #[cfg(not(test))]

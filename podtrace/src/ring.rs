@@ -3,10 +3,12 @@
 //! The programs submit without waking us (BPF_RB_NO_WAKEUP) unless the ring
 //! is filling up, so the reader drains on a short timer and on readiness.
 //! Records are decoded in place: the packet bytes handed to sinks borrow the
-//! ring's memory until the callback returns.
+//! ring's memory until the callback returns. The ring is read through our own
+//! mapping of it ([`RingView`]), which releases space in batches.
 
 use std::{
-    os::fd::AsRawFd,
+    os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd},
+    sync::atomic::{AtomicU32, AtomicU64, Ordering},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -109,8 +111,10 @@ impl Clock {
 
     /// Wall-clock time since the Unix epoch for a monotonic timestamp.
     pub fn to_wall(&self, monotonic_ns: u64) -> Duration {
-        let ns = (i128::from(monotonic_ns) + self.offset_ns).max(0);
-        Duration::new((ns / 1_000_000_000) as u64, (ns % 1_000_000_000) as u32)
+        // Runs per packet: only the sum is i128; dividing an i128 is a
+        // library call, dividing the u64 it fits in is one instruction.
+        let ns = (i128::from(monotonic_ns) + self.offset_ns).clamp(0, i128::from(u64::MAX));
+        Duration::from_nanos(ns as u64)
     }
 
     pub fn now_wall() -> Duration {
@@ -132,17 +136,24 @@ fn clock_ns(clock: libc::clockid_t) -> i128 {
 
 /// The ring buffer, readable from tokio.
 pub struct RingReader {
-    ring: AsyncFd<RingBuf<MapData>>,
+    /// The map's fd, which tokio watches for the kernel's wakeups.
+    ring: AsyncFd<OwnedFd>,
+    view: RingView,
     /// Records the decoder rejected (never expected; counted, not fatal).
     pub malformed: u64,
 }
 
 impl RingReader {
     pub fn new(ring: RingBuf<MapData>) -> std::io::Result<Self> {
-        debug_assert!(ring.as_raw_fd() >= 0);
+        // Our own fd and mapping; aya's handle (and its mapping of the whole
+        // ring, which would count twice in RSS) goes.
+        let fd = ring.as_fd().try_clone_to_owned()?;
+        drop(ring);
+        let view = RingView::map(fd.as_fd())?;
         Ok(Self {
-            // SAFETY: the AsyncFd owns the ring, so its fd outlives the registration.
-            ring: unsafe { AsyncFd::register(ring) }.map_err(std::io::Error::from)?,
+            // SAFETY: the AsyncFd owns the fd, so it outlives the registration.
+            ring: unsafe { AsyncFd::register(fd) }.map_err(std::io::Error::from)?,
+            view,
             malformed: 0,
         })
     }
@@ -158,21 +169,197 @@ impl RingReader {
     /// ring is empty or `f` returns `false`. Returns how many were handed over.
     pub fn drain<E>(&mut self, mut f: impl FnMut(Record<'_>) -> Result<bool, E>) -> Result<u64, E> {
         let mut n = 0;
-        let ring = self.ring.get_mut();
-        while let Some(item) = ring.next() {
-            match decode(&item) {
-                Ok(record) => {
-                    n += 1;
-                    if !f(record)? {
-                        break;
-                    }
-                }
-                Err(_) => self.malformed += 1,
+        let malformed = &mut self.malformed;
+        self.view.consume(|bytes| match decode(bytes) {
+            Ok(record) => {
+                n += 1;
+                f(record)
             }
-        }
+            Err(_) => {
+                *malformed += 1;
+                Ok(true)
+            }
+        })?;
         Ok(n)
     }
 }
+
+/// The kernel's ring buffer layout (kernel/bpf/ringbuf.c): a consumer page
+/// (`consumer_pos`, the only thing userspace writes), a producer page
+/// (`producer_pos`), then the data pages, which the kernel lets us map twice
+/// in a row so that a record wrapping around is contiguous. We map them once
+/// (the kernel populates the whole mapping, so each copy is ring-sized RSS)
+/// and copy the rare wrapping record. Each record: a u32 length with a busy
+/// and a discard bit, a u32 page offset, the data, padded to 8 bytes.
+const RINGBUF_BUSY_BIT: u32 = 1 << 31;
+const RINGBUF_DISCARD_BIT: u32 = 1 << 30;
+const RINGBUF_HDR_SZ: u64 = 8;
+
+/// podtrace's own reader of the ring, instead of aya's iterator: aya
+/// publishes the consumer position after every record, and that position
+/// shares a cache line the producer (the TC program, on another CPU) reads
+/// on every packet; here it is published every `release_every` bytes and at
+/// the end of a drain. Records stay valid until then, which is what lets a
+/// batch be decoded in place.
+struct RingView {
+    consumer: *mut u8,
+    producer: *const u8,
+    page: usize,
+    size: u64,
+    /// Our position: records before it are consumed.
+    pos: u64,
+    release_every: u64,
+    /// A record that wraps around the end of the data pages, made whole.
+    wrapped: Vec<u8>,
+}
+
+impl RingView {
+    fn map(fd: BorrowedFd<'_>) -> std::io::Result<Self> {
+        let size = u64::from(
+            MapData::from_fd(fd.try_clone_to_owned()?)
+                .and_then(|m| m.info())
+                .map_err(std::io::Error::other)?
+                .max_entries(),
+        );
+        // SAFETY: no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+        let mmap = |len: usize, prot: libc::c_int, offset: usize| {
+            // SAFETY: a fresh shared mapping of the map's fd, checked below.
+            let p = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    len,
+                    prot,
+                    libc::MAP_SHARED,
+                    fd.as_raw_fd(),
+                    offset as libc::off_t,
+                )
+            };
+            if p == libc::MAP_FAILED {
+                Err(std::io::Error::last_os_error())
+            } else {
+                Ok(p.cast::<u8>())
+            }
+        };
+        let consumer = mmap(page, libc::PROT_READ | libc::PROT_WRITE, 0)?;
+        let producer = match mmap(page + size as usize, libc::PROT_READ, page) {
+            Ok(p) => p,
+            Err(e) => {
+                // SAFETY: mapped just above with this length.
+                unsafe { libc::munmap(consumer.cast(), page) };
+                return Err(e);
+            }
+        };
+        let mut view = Self {
+            consumer,
+            producer,
+            page,
+            size,
+            pos: 0,
+            release_every: (size / 16).max(RINGBUF_HDR_SZ),
+            wrapped: Vec::new(),
+        };
+        view.pos = view.consumer_pos().load(Ordering::Acquire);
+        Ok(view)
+    }
+
+    fn consumer_pos(&self) -> &AtomicU64 {
+        // SAFETY: the page is mapped for our lifetime; offset 0 is the
+        // kernel's 8-byte aligned `consumer_pos`.
+        unsafe { &*self.consumer.cast::<AtomicU64>() }
+    }
+
+    fn producer_pos(&self) -> &AtomicU64 {
+        // SAFETY: as for `consumer_pos`, on the producer page.
+        unsafe { &*self.producer.cast::<AtomicU64>() }
+    }
+
+    /// Hands the bytes of every committed record to `f`, in order, until the
+    /// ring is empty, a record is still being written, or `f` says stop.
+    fn consume<E>(&mut self, mut f: impl FnMut(&[u8]) -> Result<bool, E>) -> Result<(), E> {
+        let mask = self.size - 1;
+        let size = self.size as usize;
+        // SAFETY: the data pages follow the producer page in the mapping.
+        let data = unsafe { self.producer.add(self.page) };
+        let mut released = self.pos;
+        let mut result = Ok(());
+        'drain: loop {
+            let end = self.producer_pos().load(Ordering::Acquire);
+            if self.pos >= end {
+                break;
+            }
+            while self.pos < end {
+                let offset = (self.pos & mask) as usize;
+                // SAFETY: offset < size, and 8-byte aligned as the kernel
+                // aligns records, so the header lies within the data pages.
+                let header = unsafe { &*data.add(offset).cast::<AtomicU32>() };
+                let len_flags = header.load(Ordering::Acquire);
+                if len_flags & RINGBUF_BUSY_BIT != 0 {
+                    break 'drain;
+                }
+                let len = len_flags & !(RINGBUF_BUSY_BIT | RINGBUF_DISCARD_BIT);
+                if u64::from(len) > self.size {
+                    // Cannot happen with a sane kernel; never read past the map.
+                    break 'drain;
+                }
+                let keep_going = if len_flags & RINGBUF_DISCARD_BIT == 0 {
+                    // The record's bytes start after its header and may run
+                    // past the end of the data pages, continuing at their start.
+                    let start = offset + RINGBUF_HDR_SZ as usize;
+                    let head = (len as usize).min(size - start);
+                    // SAFETY: committed data, within the mapped data pages; the
+                    // kernel leaves it alone until we release it.
+                    let part = |at: usize, n: usize| unsafe {
+                        std::slice::from_raw_parts(data.add(at), n)
+                    };
+                    if head == len as usize {
+                        f(part(start, head))
+                    } else {
+                        self.wrapped.clear();
+                        self.wrapped.extend_from_slice(part(start, head));
+                        self.wrapped.extend_from_slice(part(0, len as usize - head));
+                        f(&self.wrapped)
+                    }
+                } else {
+                    Ok(true)
+                };
+                self.pos += (RINGBUF_HDR_SZ + u64::from(len)).next_multiple_of(8);
+                if self.pos - released >= self.release_every {
+                    self.consumer_pos().store(self.pos, Ordering::Release);
+                    released = self.pos;
+                }
+                match keep_going {
+                    Ok(true) => {}
+                    Ok(false) => break 'drain,
+                    Err(e) => {
+                        result = Err(e);
+                        break 'drain;
+                    }
+                }
+            }
+        }
+        if self.pos != released {
+            self.consumer_pos().store(self.pos, Ordering::Release);
+        }
+        result
+    }
+}
+
+impl Drop for RingView {
+    fn drop(&mut self) {
+        // SAFETY: both were mapped in `map` with these lengths.
+        unsafe {
+            libc::munmap(self.consumer.cast(), self.page);
+            libc::munmap(
+                self.producer.cast_mut().cast(),
+                self.page + self.size as usize,
+            );
+        }
+    }
+}
+
+// SAFETY: the mappings are owned by the view and only used through `&mut self`.
+unsafe impl Send for RingView {}
 
 #[cfg(test)]
 mod tests {

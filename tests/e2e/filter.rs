@@ -303,6 +303,11 @@ fn differential(
         captures
             .push(Capture::start(&args).with_context(|| format!("starting with filter {args:?}"))?);
     }
+    // Packets before every capture runs (a neighbour probe, say) are in the
+    // first files only: compare from here on.
+    let t0 = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs_f64();
     traffic::on_one_cpu(|| traffic::mixed(net, v6))?;
     std::thread::sleep(Duration::from_millis(300));
     // Stop them all at (nearly) once, then collect.
@@ -323,6 +328,9 @@ fn differential(
             "summary line of {i}: {}",
             d.stderr
         );
+    }
+    for i in 0..=expressions.len() {
+        since(&out(i), t0)?;
     }
     let all = pcap::read(&out(0))?;
     ensure!(all.len() > 30, "too little traffic captured: {}", all.len());
@@ -355,6 +363,30 @@ fn differential(
     }
     assert_released(&done[0], &net.host_if)?;
     Ok(selected)
+}
+
+/// Keeps only the packets of `file` captured at or after `t0` (epoch seconds).
+fn since(file: &Path, t0: f64) -> Result<()> {
+    let cut = file.with_extension("cut");
+    let out = Command::new("tshark")
+        .arg("-r")
+        .arg(file)
+        .args([
+            "-Y",
+            &format!("frame.time_epoch >= {t0:.9}"),
+            "-F",
+            "pcap",
+            "-w",
+        ])
+        .arg(&cut)
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "tshark cut: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::rename(&cut, file)?;
+    Ok(())
 }
 
 /// The packets of `file` that `tcpdump -r file EXPR` selects.

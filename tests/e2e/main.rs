@@ -5,7 +5,9 @@
 //! tests are ignored with the reason — unless PODTRACE_E2E_REQUIRED=1 (set by
 //! xtask under CI=true), where they fail instead.
 
+mod bench;
 mod capture;
+mod capture_ring;
 mod coexist;
 mod errors;
 mod filter;
@@ -125,6 +127,14 @@ const TESTS: &[(&str, TestFn)] = &[
     (
         "filter::dump_matches_tcpdump_unprivileged",
         filter::dump_matches_tcpdump_unprivileged,
+    ),
+    (
+        "bench::quick_run_has_every_row",
+        bench::quick_run_has_every_row,
+    ),
+    (
+        "capture_ring::small_ring_wraps_records_intact",
+        capture_ring::small_ring_wraps_records_intact,
     ),
 ];
 

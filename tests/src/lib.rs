@@ -13,4 +13,6 @@ mod sh;
 pub mod traffic;
 pub mod tshark;
 
+pub mod bench;
+
 pub use sh::sh;

@@ -24,9 +24,9 @@ pub struct TestNet {
     pub host_ip: Ipv4Addr,
     pub ns_ip: Ipv4Addr,
     sleepers: Vec<Child>,
-    /// Holds the net number; released (by the kernel, even on a crash)
-    /// after the namespace and veth are gone.
-    _claim: File,
+    /// Holds the net number (lock file and its path); released (by the
+    /// kernel, even on a crash) after the namespace and veth are gone.
+    claim: Option<(File, PathBuf)>,
 }
 
 impl TestNet {
@@ -34,15 +34,31 @@ impl TestNet {
     /// both so router solicitations do not pollute packet counts.
     pub fn new() -> Result<Self> {
         let (n, claim) = claim()?;
-        let name = format!("ptest-{n}");
-        let host_if = format!("ptest{n}h");
+        Self::build("ptest", n, Some(claim))
+    }
+
+    /// [`TestNet::new`] with namespace `PREFIX-N`, host veth `PREFIXNh` and
+    /// 10.246.N.0/24 for a fixed N, for users that must not meet the tests'
+    /// networks (the benchmark). `PREFIX` is at most 10 characters.
+    pub fn named(prefix: &str, n: u8) -> Result<Self> {
+        let name = format!("{prefix}-{n}");
+        let host_if = format!("{prefix}{n}h");
+        // Leftovers of a run that was killed before its cleanup.
+        let _ = sh(&["ip", "netns", "del", &name]);
+        let _ = sh(&["ip", "link", "del", &host_if]);
+        Self::build(prefix, n, None)
+    }
+
+    fn build(prefix: &str, n: u8, claim: Option<(File, PathBuf)>) -> Result<Self> {
+        let name = format!("{prefix}-{n}");
+        let host_if = format!("{prefix}{n}h");
         let net = Self {
             name: name.clone(),
             host_if: host_if.clone(),
             host_ip: Ipv4Addr::new(10, 246, n, 1),
             ns_ip: Ipv4Addr::new(10, 246, n, 2),
             sleepers: Vec::new(),
-            _claim: claim,
+            claim,
         };
         sh(&["ip", "netns", "add", &name])?;
         let ns = |args: &[&str]| -> Result<()> {
@@ -245,7 +261,7 @@ impl TestNet {
 /// and route the same subnet twice. An flock per number claims it; a
 /// number whose namespace, veth or subnet exists anyway (a crashed run's
 /// leftovers, a suite without this lock) is skipped, never deleted.
-fn claim() -> Result<(u8, File)> {
+fn claim() -> Result<(u8, (File, PathBuf))> {
     std::fs::create_dir_all(LOCK_DIR).with_context(|| format!("creating {LOCK_DIR}"))?;
     // Start at a different number in each process, so that they rarely
     // contend for the same locks, and above the numbers older harnesses
@@ -267,7 +283,7 @@ fn claim() -> Result<(u8, File)> {
                 .exists()
             || addresses.contains(&format!(" 10.246.{n}."));
         if !in_use {
-            return Ok((n, file));
+            return Ok((n, (file, path)));
         }
     }
     bail!("no free test network number in 1..=250 (see {LOCK_DIR})")
@@ -282,5 +298,9 @@ impl Drop for TestNet {
         // Deleting the namespace deletes the veth pair with it.
         let _ = sh(&["ip", "netns", "del", &self.name]);
         let _ = sh(&["ip", "link", "del", &self.host_if]);
+        // The lock file goes before the lock (closing the file) is released.
+        if let Some((_, path)) = &self.claim {
+            let _ = std::fs::remove_file(path);
+        }
     }
 }

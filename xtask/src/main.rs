@@ -38,6 +38,15 @@ enum Command {
     },
     /// fmt --check and clippy -D warnings on both workspaces.
     Lint,
+    /// Benchmark podtrace against tcpdump on a veth (root); writes BENCHMARKS.md.
+    Bench {
+        /// One short run of each measurement (seconds, not minutes).
+        #[arg(long)]
+        quick: bool,
+        /// Where to write the report (default: BENCHMARKS.md in the workspace).
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -48,5 +57,6 @@ fn main() -> Result<()> {
         Command::Demo => run::demo(),
         Command::Test { unit, filter } => run::test(unit, &filter),
         Command::Lint => run::lint(),
+        Command::Bench { quick, out } => run::bench(quick, out),
     }
 }

@@ -125,3 +125,36 @@ pub fn lint() -> Result<()> {
     ebpf_fmt.current_dir(workspace().join("podtrace-ebpf"));
     status(&mut ebpf_fmt)
 }
+
+pub fn bench(quick: bool, out: Option<PathBuf>) -> Result<()> {
+    if !is_root() {
+        bail!("the benchmark needs root: it makes a network namespace and attaches eBPF programs");
+    }
+    setup::apt()?;
+    build()?;
+    let mut bench = cmd(
+        "cargo",
+        [
+            "run",
+            "--quiet",
+            "--release",
+            "-p",
+            "podtrace-tests",
+            "--bin",
+            "podtrace-bench",
+            "--",
+        ],
+    );
+    if quick {
+        bench.arg("--quick");
+    }
+    let out = match out {
+        Some(path) => std::env::current_dir()?.join(path),
+        None => workspace().join("BENCHMARKS.md"),
+    };
+    bench
+        .arg("--out")
+        .arg(out)
+        .env("PODTRACE_BIN", podtrace_bin("release"));
+    status(&mut bench)
+}

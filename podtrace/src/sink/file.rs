@@ -83,8 +83,10 @@ impl RecordFile {
 
     fn new(out: Box<dyn Write + Send>, file: Option<File>, name: String) -> Self {
         Self {
+            // Large writes: fewer syscalls, and the page cache can use large
+            // folios (64 KiB → 256 KiB cut capture CPU per packet ~15%).
             buf: BufWriter::with_capacity(
-                1 << 16,
+                1 << 18,
                 Counted {
                     out,
                     file,

@@ -1,13 +1,9 @@
 //! Classic pcap: nanosecond timestamps (magic a1b23c4d), Ethernet link type,
 //! encoded by pcap-file.
 
-use std::io;
+use std::io::{self, Write};
 
-use byteorder_slice::LittleEndian;
-use pcap_file::{
-    pcap::{PcapHeader, PcapPacket},
-    DataLink, Endianness, TsResolution,
-};
+use pcap_file::{pcap::PcapHeader, DataLink, Endianness, TsResolution};
 
 use super::{Packet, RecordFile, Sink, SinkError};
 
@@ -36,18 +32,20 @@ impl PcapSink {
 }
 
 impl Sink for PcapSink {
+    /// The 16-byte record header is encoded here rather than by pcap-file:
+    /// this runs per packet, and its generic writer made several small
+    /// writes through the buffered file per header.
     fn write(&mut self, packet: &Packet<'_>) -> Result<(), SinkError> {
-        let len = packet.data.len().min(self.snaplen as usize);
-        let pcap = PcapPacket::new(
-            packet.ts,
-            packet.orig_len.max(len as u32),
-            &packet.data[..len],
-        );
-        let snaplen = self.snaplen;
+        let data = &packet.data[..packet.data.len().min(self.snaplen as usize)];
+        let len = data.len() as u32;
+        let mut header = [0u8; 16];
+        header[0..4].copy_from_slice(&(packet.ts.as_secs() as u32).to_le_bytes());
+        header[4..8].copy_from_slice(&packet.ts.subsec_nanos().to_le_bytes());
+        header[8..12].copy_from_slice(&len.to_le_bytes());
+        header[12..16].copy_from_slice(&packet.orig_len.max(len).to_le_bytes());
         self.out.record(|w| {
-            pcap.write_to::<_, LittleEndian>(w, TsResolution::NanoSecond, snaplen)
-                .map(drop)
-                .map_err(pcap_io)
+            w.write_all(&header)?;
+            w.write_all(data)
         })
     }
 
@@ -75,6 +73,33 @@ mod tests {
 
     use super::*;
     use crate::ring::Direction;
+
+    #[test]
+    fn record_header_matches_pcap_files_encoding() {
+        use byteorder_slice::LittleEndian;
+        use pcap_file::pcap::PcapPacket;
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h.pcap");
+        let mut sink = PcapSink::new(RecordFile::create(&path).unwrap(), 96).unwrap();
+        let data = [7u8; 120];
+        let ts = Duration::new(1_700_000_123, 999_999_999);
+        sink.write(&Packet {
+            ts,
+            ifindex: 1,
+            direction: Direction::In,
+            orig_len: 1500,
+            data: &data,
+        })
+        .unwrap();
+        sink.flush().unwrap();
+        let mut want = Vec::new();
+        PcapPacket::new(ts, 1500, &data[..96])
+            .write_to::<_, LittleEndian>(&mut want, TsResolution::NanoSecond, 96)
+            .unwrap();
+        let got = std::fs::read(&path).unwrap();
+        assert_eq!(&got[24..], &want[..]);
+    }
 
     #[test]
     fn writes_a_file_pcap_readers_parse() {

@@ -1,0 +1,572 @@
+//! `cargo xtask bench`: podtrace against tcpdump (and against nothing at all)
+//! on a veth it creates, with iperf3 traffic between addresses it owns.
+//!
+//! Every figure is the median of several runs (one in `--quick` mode), and
+//! the runs of the setups being compared are interleaved, so a disturbance
+//! (another build on the machine) hits them alike. The report lists every
+//! run, so the spread is visible next to the median.
+//!
+//! Loss is counted twice: what the tool reports (tcpdump's "dropped by
+//! kernel", podtrace's "lost in kernel") and what is missing from its file
+//! compared with what iperf3 sent (datagrams of the test's exact length to
+//! the test's ports, so iperf3's own control packets are not counted).
+
+mod procs;
+mod report;
+
+use std::{
+    net::UdpSocket,
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+
+pub use self::report::row_labels;
+use self::{
+    procs::{
+        check_interrupted, count_in_file, pause, run_clients, CaptureSpec, CaptureStats, Guarded,
+        Load, Running, Scratch, Servers, Tool, Traffic,
+    },
+    report::Report,
+};
+use crate::netns::TestNet;
+
+/// tcpdump's (and podtrace's) "whole packet" snapshot length.
+pub const FULL: u32 = 262_144;
+/// Snapshot length of the UDP packet-rate runs.
+pub const UDP_SNAPLEN: u32 = 96;
+/// UDP datagram sizes (iperf3 -l).
+pub const UDP_LENS: [u32; 2] = [64, 1400];
+/// Sender counts: one iperf3 client, and several at once to outrun a capture.
+pub const SENDERS: [u16; 2] = [1, 2];
+/// The ring/buffer size of the small-buffer runs, KiB (both tools' -B).
+pub const SMALL_BUFFER_KIB: u32 = 64;
+const FIRST_PORT: u16 = 5301;
+
+/// What `podtrace-bench` was asked to do.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// One short run of everything.
+    pub quick: bool,
+    /// Where the Markdown report goes.
+    pub out: PathBuf,
+    /// The benchmark's network: namespace pbench-N, 10.246.N.0/24.
+    pub net_id: u8,
+    /// The podtrace binary under test.
+    pub podtrace: PathBuf,
+}
+
+/// How long and how often, for a full or a quick run.
+#[derive(Debug, Clone, Copy)]
+pub struct Plan {
+    pub runs: usize,
+    pub tcp_secs: u32,
+    pub udp_secs: u32,
+    /// Length of each run of the loss-free rate search.
+    pub step_secs: u32,
+    /// Halvings of the loss-free rate search.
+    pub search_steps: u32,
+    /// Wait after the traffic before stopping a tool: tcpdump hands its ring
+    /// to userspace at most every second, and loses what it has not read
+    /// when stopped (environment.md).
+    pub settle: Duration,
+}
+
+impl Plan {
+    pub fn new(quick: bool) -> Self {
+        if quick {
+            Self {
+                runs: 1,
+                tcp_secs: 1,
+                udp_secs: 1,
+                step_secs: 1,
+                search_steps: 1,
+                settle: Duration::from_millis(1200),
+            }
+        } else {
+            Self {
+                runs: 3,
+                tcp_secs: 10,
+                udp_secs: 10,
+                step_secs: 5,
+                search_steps: 4,
+                settle: Duration::from_millis(1500),
+            }
+        }
+    }
+}
+
+/// One timed run: the traffic, and the tool's view of it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunResult {
+    pub traffic: Traffic,
+    pub capture: Option<CaptureStats>,
+    /// Test datagrams found in the tool's file (UDP runs).
+    pub in_file: Option<u64>,
+    /// Packets of any kind that crossed the veth while the tool ran (its
+    /// counters), and packets of any kind in the file.
+    pub crossed: Option<u64>,
+    pub in_file_all: Option<u64>,
+    /// The machine was busy with something else when the run started.
+    pub busy_start: bool,
+}
+
+impl RunResult {
+    /// Test datagrams sent but not in the file.
+    pub fn missing(&self) -> Option<i64> {
+        Some(self.traffic.sent as i64 - self.in_file? as i64)
+    }
+
+    /// Packets of any kind (iperf3's control traffic too) that crossed the
+    /// veth but are not in the file.
+    pub fn missing_all(&self) -> Option<i64> {
+        Some(self.crossed? as i64 - self.in_file_all? as i64)
+    }
+
+    /// No loss by any count.
+    pub fn lossless(&self) -> bool {
+        self.capture.is_some_and(|c| c.lost == 0)
+            && self.missing() == Some(0)
+            && self.missing_all() == Some(0)
+    }
+}
+
+/// The outcome of a loss-free rate search.
+#[derive(Debug, Clone, Copy)]
+pub struct LossFree {
+    /// Highest sent rate with no loss, packets/s (0 if none was found).
+    pub pps: f64,
+    /// No loss even with the senders unthrottled: the real limit is higher.
+    pub sender_limited: bool,
+}
+
+/// Time-to-first-packet contenders.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FirstPacket {
+    Podtrace,
+    NsenterTcpdump,
+    NsenterTcpdumpImmediate,
+}
+
+impl FirstPacket {
+    pub const ALL: [Self; 3] = [
+        Self::Podtrace,
+        Self::NsenterTcpdump,
+        Self::NsenterTcpdumpImmediate,
+    ];
+
+    fn argv(self, podtrace: &Path, pid: u32, file: &Path) -> Vec<String> {
+        let file = file.display().to_string();
+        let pid = pid.to_string();
+        let tcpdump = |extra: &[&str]| {
+            let mut v: Vec<String> = ["nsenter", "-t", &pid, "-n", "tcpdump", "-i", "eth0", "-U"]
+                .map(String::from)
+                .to_vec();
+            v.extend(extra.iter().map(|s| s.to_string()));
+            v.extend(["-w".into(), file.clone()]);
+            v
+        };
+        match self {
+            Self::Podtrace => vec![
+                podtrace.display().to_string(),
+                "capture".into(),
+                "--pid".into(),
+                pid.clone(),
+                "-w".into(),
+                file.clone(),
+            ],
+            Self::NsenterTcpdump => tcpdump(&[]),
+            Self::NsenterTcpdumpImmediate => tcpdump(&["--immediate-mode"]),
+        }
+    }
+}
+
+/// Runs the whole benchmark and writes the report; returns its text.
+pub fn run(opts: &Options) -> Result<String> {
+    procs::catch_signals();
+    let plan = Plan::new(opts.quick);
+    let mut report = Report::new(opts, plan);
+    let mut bench = Bench::new(opts, plan)?;
+
+    eprintln!("bench: TCP throughput");
+    bench.tcp(&mut report)?;
+    eprintln!("bench: UDP at full sender speed and loss-free rates");
+    bench.udp(&mut report)?;
+    eprintln!("bench: small buffers");
+    bench.small_buffers(&mut report)?;
+    eprintln!("bench: time to first packet");
+    bench.first_packet(&mut report)?;
+
+    report.commands = bench.commands;
+    let text = report.render();
+    std::fs::write(&opts.out, &text).with_context(|| format!("writing {}", opts.out.display()))?;
+    Ok(text)
+}
+
+struct Bench<'a> {
+    opts: &'a Options,
+    plan: Plan,
+    // Field order is drop order: servers before the namespace they live in.
+    servers: Servers,
+    net: TestNet,
+    scratch: Scratch,
+    /// One example of every command line used, for the report.
+    commands: Vec<(String, String)>,
+}
+
+impl<'a> Bench<'a> {
+    fn new(opts: &'a Options, plan: Plan) -> Result<Self> {
+        for tool in ["iperf3", "tcpdump", "nsenter", "ss"] {
+            if crate::sh(&["sh", "-c", &format!("command -v {tool}")]).is_err() {
+                bail!("{tool} is not installed (cargo xtask setup installs it)");
+            }
+        }
+        if !opts.podtrace.exists() {
+            bail!("{} does not exist", opts.podtrace.display());
+        }
+        kill_leftovers(&format!("pbench-{}", opts.net_id));
+        let net = TestNet::named("pbench", opts.net_id)?;
+        let servers = Servers::start(
+            &net.name,
+            &net.ns_ip.to_string(),
+            FIRST_PORT,
+            *SENDERS.iter().max().unwrap(),
+        )?;
+        Ok(Self {
+            opts,
+            plan,
+            servers,
+            net,
+            scratch: Scratch::new()?,
+            commands: Vec::new(),
+        })
+    }
+
+    fn note_command(&mut self, what: &str, argv: &[String]) {
+        if !self.commands.iter().any(|(w, _)| w == what) {
+            self.commands.push((what.to_owned(), argv.join(" ")));
+        }
+    }
+
+    /// Starts `spec`, runs `load` from `senders` clients for `secs`, stops
+    /// the tool and counts its file.
+    fn run_once(
+        &mut self,
+        spec: CaptureSpec,
+        load: Load,
+        senders: u16,
+        secs: u32,
+    ) -> Result<RunResult> {
+        check_interrupted()?;
+        let file = self.scratch.0.join("capture.pcap");
+        let _ = std::fs::remove_file(&file);
+        let argv = spec.argv(&self.opts.podtrace, &self.net.host_if, &file);
+        let busy_start = self.wait_quiet()?;
+        let running = match spec.tool {
+            Tool::Nothing => None,
+            tool => {
+                self.note_command(tool.name(), &argv);
+                Some(Running::start(&argv)?)
+            }
+        };
+        let crossed_before = procs::veth_packets(&self.net.host_if)?;
+        let ns_ip = self.net.ns_ip.to_string();
+        let clients: Vec<Vec<String>> = self.servers.ports[..usize::from(senders)]
+            .iter()
+            .map(|&port| procs::client_argv(&ns_ip, port, secs, load, senders))
+            .collect();
+        let what = match load {
+            Load::Tcp => "iperf3 TCP",
+            Load::Udp { pps: 0, .. } => "iperf3 UDP, unthrottled",
+            Load::Udp { .. } => "iperf3 UDP, at a rate",
+        };
+        self.note_command(what, &clients[0]);
+        let traffic = run_clients(&clients, secs)?;
+        let (capture, crossed) = match running {
+            Some(running) => {
+                pause(self.plan.settle)?;
+                let crossed = procs::veth_packets(&self.net.host_if)? - crossed_before;
+                (Some(running.stop()?), Some(crossed))
+            }
+            None => (None, None),
+        };
+        let in_file_all = match capture {
+            Some(_) => Some(count_in_file(&file, "")?),
+            None => None,
+        };
+        let in_file = match (load, capture.is_some()) {
+            (Load::Udp { len, .. }, true) => {
+                let last = FIRST_PORT + senders - 1;
+                let filter = format!(
+                    "ip src {} and udp dst portrange {FIRST_PORT}-{last} and udp[4:2] = {}",
+                    self.net.host_ip,
+                    len + 8
+                );
+                self.note_command(
+                    "count test datagrams in the file",
+                    &[
+                        "tcpdump",
+                        "-n",
+                        "-r",
+                        "FILE",
+                        "--count",
+                        &format!("'{filter}'"),
+                    ]
+                    .map(String::from),
+                );
+                Some(count_in_file(&file, &filter)?)
+            }
+            _ => None,
+        };
+        let _ = std::fs::remove_file(&file);
+        Ok(RunResult {
+            traffic,
+            capture,
+            in_file,
+            crossed,
+            in_file_all,
+            busy_start,
+        })
+    }
+
+    /// Waits (full runs only, at most a minute) until the machine is quiet:
+    /// less than 15% of its CPU busy over a second. Returns whether it was
+    /// still busy.
+    fn wait_quiet(&mut self) -> Result<bool> {
+        if self.opts.quick {
+            return Ok(false);
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let busy = procs::cpu_busy_percent(Duration::from_secs(1))?;
+            if busy < 15.0 {
+                return Ok(false);
+            }
+            if Instant::now() > deadline {
+                eprintln!("bench:   machine still busy ({busy:.0}% CPU), running anyway");
+                return Ok(true);
+            }
+        }
+    }
+
+    fn tcp(&mut self, report: &mut Report) -> Result<()> {
+        let specs = [
+            spec(Tool::Nothing, 0),
+            spec(Tool::Tcpdump, 96),
+            spec(Tool::Podtrace, 96),
+            spec(Tool::Tcpdump, FULL),
+            spec(Tool::Podtrace, FULL),
+        ];
+        for run in 0..self.plan.runs {
+            for &s in rotated(&specs, run) {
+                let r = self.run_once(s, Load::Tcp, 1, self.plan.tcp_secs)?;
+                eprintln!(
+                    "bench:   {:<28} {:6.2} Gbit/s",
+                    report::tcp_label(s),
+                    r.traffic.bits_per_second / 1e9
+                );
+                report.tcp.entry(s).or_default().push(r);
+            }
+        }
+        Ok(())
+    }
+
+    fn udp(&mut self, report: &mut Report) -> Result<()> {
+        let tools = [Tool::Nothing, Tool::Tcpdump, Tool::Podtrace];
+        for senders in SENDERS {
+            for len in UDP_LENS {
+                for run in 0..self.plan.runs {
+                    for &tool in rotated(&tools, run) {
+                        let s = spec(tool, UDP_SNAPLEN);
+                        let load = Load::Udp { len, pps: 0 };
+                        let r = self.run_once(s, load, senders, self.plan.udp_secs)?;
+                        log_udp(&report::udp_label(len, senders, tool), &r);
+                        let key = (len, senders, tool);
+                        report.udp.entry(key).or_default().push(r);
+                        if tool != Tool::Nothing {
+                            let found = self.loss_free(s, len, senders, &r)?;
+                            report.loss_free.entry(key).or_default().push(found);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Highest loss-free rate, starting from an unthrottled run: if that
+    /// lost nothing the senders are the limit; else halve the interval
+    /// between 0 and its rate `search_steps` times.
+    fn loss_free(
+        &mut self,
+        s: CaptureSpec,
+        len: u32,
+        senders: u16,
+        full: &RunResult,
+    ) -> Result<LossFree> {
+        if full.lossless() {
+            return Ok(LossFree {
+                pps: full.traffic.sent_pps(),
+                sender_limited: true,
+            });
+        }
+        let (mut low, mut high) = (0.0, full.traffic.sent_pps());
+        let mut best = 0.0f64;
+        for _ in 0..self.plan.search_steps {
+            let mid = (low + high) / 2.0;
+            let load = Load::Udp {
+                len,
+                pps: mid as u64,
+            };
+            let r = self.run_once(s, load, senders, self.plan.step_secs)?;
+            log_udp(&format!("  search at {:.0} kpps", mid / 1e3), &r);
+            if r.lossless() {
+                best = best.max(r.traffic.sent_pps());
+                low = mid;
+            } else {
+                high = mid;
+            }
+        }
+        Ok(LossFree {
+            pps: best,
+            sender_limited: false,
+        })
+    }
+
+    /// Both tools with a buffer too small on purpose: does the loss they
+    /// report match what is missing from their files?
+    fn small_buffers(&mut self, report: &mut Report) -> Result<()> {
+        let senders = *SENDERS.iter().max().unwrap();
+        for run in 0..self.plan.runs {
+            for &tool in rotated(&[Tool::Tcpdump, Tool::Podtrace], run) {
+                let s = CaptureSpec {
+                    tool,
+                    snaplen: UDP_SNAPLEN,
+                    buffer_kib: Some(SMALL_BUFFER_KIB),
+                };
+                let load = Load::Udp { len: 64, pps: 0 };
+                let r = self.run_once(s, load, senders, self.plan.udp_secs)?;
+                log_udp(&report::small_label(tool), &r);
+                report.small.entry(tool).or_default().push(r);
+            }
+        }
+        Ok(())
+    }
+
+    /// From command start to the first packet in the file, with a packet
+    /// sent into the namespace every 2 ms.
+    fn first_packet(&mut self, report: &mut Report) -> Result<()> {
+        let pid = self.net.spawn_sleeper()?;
+        let stop = AtomicBool::new(false);
+        let sock = UdpSocket::bind((self.net.host_ip, 0))?;
+        let to = (self.net.ns_ip, 9);
+        std::thread::scope(|scope| -> Result<()> {
+            scope.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    let _ = sock.send_to(b"podtrace-bench", to);
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            });
+            let result = (|| {
+                for run in 0..self.plan.runs {
+                    for &who in rotated(&FirstPacket::ALL, run) {
+                        let took = self.time_to_first_packet(who, pid)?;
+                        eprintln!(
+                            "bench:   {:<40} {:7.1} ms",
+                            report::first_packet_label(who),
+                            took.as_secs_f64() * 1e3
+                        );
+                        report.first_packet.entry(who).or_default().push(took);
+                    }
+                }
+                Ok(())
+            })();
+            stop.store(true, Ordering::Relaxed);
+            result
+        })
+    }
+
+    fn time_to_first_packet(&mut self, who: FirstPacket, pid: u32) -> Result<Duration> {
+        let file = self.scratch.0.join("first.pcap");
+        let _ = std::fs::remove_file(&file);
+        let argv = who.argv(&self.opts.podtrace, pid, &file);
+        self.note_command(report::first_packet_label(who), &argv);
+        let mut cmd = std::process::Command::new(&argv[0]);
+        cmd.args(&argv[1..])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        // pcap file header (24 bytes) + one record header (16) + data.
+        let one_packet = 24 + 16 + 14;
+        let start = Instant::now();
+        let mut child = Guarded::spawn(&mut cmd)?;
+        let took = loop {
+            if std::fs::metadata(&file).is_ok_and(|m| m.len() >= one_packet) {
+                break start.elapsed();
+            }
+            if let Some(status) = child.0.try_wait()? {
+                bail!(
+                    "{} exited ({status}) before writing a packet",
+                    argv.join(" ")
+                );
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                bail!("no packet from {} in 30 s", argv.join(" "));
+            }
+            check_interrupted()?;
+            std::thread::sleep(Duration::from_micros(500));
+        };
+        child.signal(libc::SIGINT);
+        child.wait(Duration::from_secs(20))?;
+        let _ = std::fs::remove_file(&file);
+        Ok(took)
+    }
+}
+
+fn spec(tool: Tool, snaplen: u32) -> CaptureSpec {
+    CaptureSpec {
+        tool,
+        snaplen,
+        buffer_kib: None,
+    }
+}
+
+/// `items` starting at a different one each run, so no setup always runs
+/// first (or right after a heavy one).
+fn rotated<T>(items: &[T], run: usize) -> impl Iterator<Item = &T> {
+    let k = run % items.len();
+    items[k..].iter().chain(&items[..k])
+}
+
+fn log_udp(label: &str, r: &RunResult) {
+    let capture = match (r.capture, r.missing()) {
+        (Some(c), Some(missing)) => format!(
+            ", reported lost {}, missing from file {missing}, cpu {:.2} s",
+            c.lost,
+            c.cpu.as_secs_f64()
+        ),
+        _ => String::new(),
+    };
+    eprintln!(
+        "bench:   {label:<36} sent {:7.1} kpps, received {:7.1} kpps{capture}",
+        r.traffic.sent_pps() / 1e3,
+        r.traffic.received_pps() / 1e3
+    );
+}
+
+/// Processes a killed earlier run left in its namespace (iperf3 servers,
+/// sleepers): the namespace itself is removed by `TestNet::named`.
+fn kill_leftovers(netns: &str) {
+    let Ok(pids) = crate::sh(&["ip", "netns", "pids", netns]) else {
+        return;
+    };
+    for pid in pids
+        .split_whitespace()
+        .filter_map(|p| p.parse::<i32>().ok())
+    {
+        // SAFETY: plain kill(2) of a process inside our own benchmark namespace.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+}

@@ -1,0 +1,67 @@
+//! `podtrace-bench`: podtrace against tcpdump on a veth; see
+//! `podtrace_tests::bench`. Run it through `cargo xtask bench` (root), which
+//! builds the release binaries first.
+//!
+//! ```text
+//! podtrace-bench [--quick] [--out FILE] [--net-id N]
+//! ```
+//!
+//! The podtrace binary under test is `PODTRACE_BIN` (default: the
+//! workspace's release build).
+
+use std::{path::PathBuf, process::ExitCode};
+
+use anyhow::{bail, Context, Result};
+use podtrace_tests::bench::{self, Options};
+
+fn parse() -> Result<Options> {
+    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut opts = Options {
+        quick: false,
+        out: workspace.join("BENCHMARKS.md"),
+        net_id: 250,
+        podtrace: std::env::var_os("PODTRACE_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| workspace.join("target/release/podtrace")),
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--quick" => opts.quick = true,
+            "--out" => opts.out = args.next().context("--out needs a file")?.into(),
+            "--net-id" => {
+                opts.net_id = args
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .filter(|&n| n > 0)
+                    .context("--net-id needs a number from 1 to 255")?;
+            }
+            "-h" | "--help" => {
+                println!("usage: podtrace-bench [--quick] [--out FILE] [--net-id N]");
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument {other:?}"),
+        }
+    }
+    Ok(opts)
+}
+
+fn main() -> ExitCode {
+    let result = parse().and_then(|opts| {
+        // SAFETY: no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            bail!("the benchmark needs root (network namespaces, eBPF, packet sockets)");
+        }
+        let text = bench::run(&opts)?;
+        print!("{text}");
+        eprintln!("bench: report written to {}", opts.out.display());
+        Ok(())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("podtrace-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
