@@ -10,9 +10,11 @@
 //! eBPF at load time would run several times faster per instruction, but
 //! podtrace would have to generate, verify-proof and load a second program
 //! with raw syscalls and chain to it by tail call (aya loads ELF objects
-//! only), and its verifier cost would grow with the filter. Measured with
-//! BPF_PROG_TEST_RUN on a 64-byte UDP frame: ~8-9 ns per interpreted
-//! instruction; a 12-instruction path adds ~110 ns to the program.
+//! only), and its verifier cost would grow with the filter. Measured here
+//! with BPF_PROG_TEST_RUN on a 64-byte UDP frame (egress program): ~100-120
+//! ns per packet for a filter rejecting after 3 instructions, ~210 ns after
+//! 12 (`udp port 9`), ~650 ns after 67 (a 31-host list), so ~8-11 ns per
+//! interpreted instruction; capturing that frame with no filter, ~90 ns.
 //!
 //! Semantics are those of libpcap's `bpf_filter()` (what `tcpdump -r` runs):
 //! packet loads are bounds-checked against the whole packet (`skb->len`),

@@ -33,6 +33,10 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Capture packets of a pod (or a host interface, process or network namespace).
+    #[command(
+        override_usage = "podtrace capture [OPTIONS] POD [EXPRESSION]...\n       \
+        podtrace capture [OPTIONS] {-i IFACE|--pid PID|--netns PATH|--uid UID|--container ID} [EXPRESSION]..."
+    )]
     Capture(Box<CaptureArgs>),
     /// List the pods on this node with their IP and host veth.
     Pods(PodsArgs),
@@ -66,7 +70,7 @@ pub struct CaptureArgs {
     /// Without -i/--pid/--netns/--uid/--container the first word is the pod;
     /// the other words (all of them with those options) are the filter,
     /// joined with spaces as tcpdump does. Options may come between words.
-    #[arg(value_name = "POD [EXPRESSION]")]
+    #[arg(value_name = "WORDS")]
     pub words: Vec<String>,
 
     /// Read the filter expression from FILE (`#` starts a comment), like
