@@ -1,8 +1,7 @@
 //! Capturing a veth/netns/pid target and checking the file against what was sent.
 
 use std::{
-    io::{Read, Write},
-    net::{TcpListener, TcpStream, UdpSocket},
+    net::UdpSocket,
     path::Path,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -12,7 +11,7 @@ use aya::programs::{SchedClassifier, TcAttachType};
 use podtrace_tests::{
     netns::TestNet,
     run::{self, Capture, Finished},
-    tshark,
+    traffic, tshark,
 };
 
 /// After a run: the programs it loaded are gone from the kernel, and
@@ -66,39 +65,6 @@ fn now() -> f64 {
         .as_secs_f64()
 }
 
-/// A known byte pattern of length `n`.
-fn pattern(n: usize, seed: u8) -> Vec<u8> {
-    (0..n)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
-        .collect()
-}
-
-/// Sends `request` over TCP from the host to the namespace, which answers
-/// with `reply`. Returns once both sides are done.
-fn tcp_exchange(net: &TestNet, request: &[u8], reply: &[u8]) -> Result<()> {
-    let listener = net.within(|| TcpListener::bind((net.ns_ip, 9000)))??;
-    std::thread::scope(|s| -> Result<()> {
-        let server = s.spawn(|| -> Result<Vec<u8>> {
-            let (mut conn, _) = listener.accept()?;
-            let mut got = vec![0; request.len()];
-            conn.read_exact(&mut got)?;
-            conn.write_all(reply)?;
-            Ok(got)
-        });
-        let mut client = TcpStream::connect((net.ns_ip, 9000))?;
-        client.write_all(request)?;
-        let mut answer = vec![0; reply.len()];
-        client.read_exact(&mut answer)?;
-        drop(client);
-        let got = server.join().unwrap()?;
-        ensure!(
-            got == request && answer == reply,
-            "the TCP exchange itself failed"
-        );
-        Ok(())
-    })
-}
-
 /// Concatenated TCP payload from `src` in capture order, as bytes.
 fn tcp_payload_from(file: &Path, src: &str) -> Result<Vec<u8>> {
     let rows = tshark::fields(
@@ -127,9 +93,9 @@ fn icmp_and_tcp(net: &TestNet, target_args: &[&str]) -> Result<()> {
     let start = now();
     let capture = Capture::start(&args)?;
     net.ping(5, 56)?;
-    let request = pattern(3000, 1);
-    let reply = pattern(1200, 7);
-    tcp_exchange(net, &request, &reply)?;
+    let request = traffic::pattern(3000, 1);
+    let reply = traffic::pattern(1200, 7);
+    traffic::tcp_exchange(net, (net.ns_ip, 9000).into(), &request, &reply)?;
     let end = now();
     let done = capture.stop(libc::SIGINT)?;
     ensure!(done.status.success(), "podtrace failed: {}", done.stderr);
@@ -241,7 +207,7 @@ pub fn sigint_after_burst_loses_nothing() -> Result<()> {
     let file = dir.path().join("b.pcap");
     let capture = Capture::start(&["capture", "-i", &net.host_if, "-w", file.to_str().unwrap()])?;
     let sock = UdpSocket::bind((net.host_ip, 0))?;
-    let payload = pattern(32, 3);
+    let payload = traffic::pattern(32, 3);
     for _ in 0..BURST {
         sock.send_to(&payload, (net.ns_ip, 9999))?;
     }

@@ -84,14 +84,22 @@ pub fn test(unit_only: bool, filter: &[String]) -> Result<()> {
 }
 
 pub fn demo() -> Result<()> {
+    run_tests_bin(
+        "podtrace-demo",
+        &[],
+        "the demo needs root: it starts a throwaway containerd node and attaches eBPF programs",
+    )
+}
+
+/// Builds everything (release) and runs one of podtrace-tests' programs
+/// against the release podtrace binary.
+fn run_tests_bin(bin: &str, args: &[std::ffi::OsString], needs_root: &str) -> Result<()> {
     if !is_root() {
-        bail!(
-            "the demo needs root: it starts a throwaway containerd node and attaches eBPF programs"
-        );
+        bail!("{needs_root}");
     }
     setup::apt()?;
     build()?;
-    let mut demo = cmd(
+    let mut run = cmd(
         "cargo",
         [
             "run",
@@ -100,11 +108,12 @@ pub fn demo() -> Result<()> {
             "-p",
             "podtrace-tests",
             "--bin",
-            "podtrace-demo",
+            bin,
+            "--",
         ],
     );
-    demo.env("PODTRACE_BIN", podtrace_bin("release"));
-    status(&mut demo)
+    run.args(args).env("PODTRACE_BIN", podtrace_bin("release"));
+    status(&mut run)
 }
 
 pub fn lint() -> Result<()> {
@@ -127,34 +136,17 @@ pub fn lint() -> Result<()> {
 }
 
 pub fn bench(quick: bool, out: Option<PathBuf>) -> Result<()> {
-    if !is_root() {
-        bail!("the benchmark needs root: it makes a network namespace and attaches eBPF programs");
-    }
-    setup::apt()?;
-    build()?;
-    let mut bench = cmd(
-        "cargo",
-        [
-            "run",
-            "--quiet",
-            "--release",
-            "-p",
-            "podtrace-tests",
-            "--bin",
-            "podtrace-bench",
-            "--",
-        ],
-    );
-    if quick {
-        bench.arg("--quick");
-    }
     let out = match out {
         Some(path) => std::env::current_dir()?.join(path),
         None => workspace().join("BENCHMARKS.md"),
     };
-    bench
-        .arg("--out")
-        .arg(out)
-        .env("PODTRACE_BIN", podtrace_bin("release"));
-    status(&mut bench)
+    let mut args = vec!["--out".into(), out.into_os_string()];
+    if quick {
+        args.push("--quick".into());
+    }
+    run_tests_bin(
+        "podtrace-bench",
+        &args,
+        "the benchmark needs root: it makes a network namespace and attaches eBPF programs",
+    )
 }
