@@ -170,6 +170,14 @@ impl Write for RecordFile {
         Ok(n)
     }
 
+    /// BufWriter's own write_all (a copy into its buffer when there is
+    /// room), not the generic loop over `write`: this runs twice per packet.
+    fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
+        self.buf.write_all(data)?;
+        self.logical += data.len() as u64;
+        Ok(())
+    }
+
     fn flush(&mut self) -> io::Result<()> {
         self.buf.flush()
     }

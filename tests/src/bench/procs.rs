@@ -3,6 +3,7 @@
 //! /proc says about them. Every child is killed when its handle drops.
 
 use std::{
+    collections::HashMap,
     io::{BufRead, BufReader, Read},
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
@@ -392,6 +393,54 @@ pub fn cpu_busy_percent(window: Duration) -> Result<f64> {
     let (t1, i1) = sample()?;
     let total = (t1 - t0).max(1) as f64;
     Ok(100.0 * (total - (i1 - i0) as f64) / total)
+}
+
+/// CPU time (clock ticks) of every user process that is not the benchmark
+/// or one of its children (the tool, iperf3): what else runs on the machine.
+/// Kernel threads are left out: softirq and writeback work there is the
+/// benchmark's own traffic.
+pub fn foreign_ticks() -> HashMap<u32, u64> {
+    let me = std::process::id();
+    let mut out = HashMap::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ppid: u32 = f.get(1).and_then(|v| v.parse().ok()).unwrap_or(0);
+        if pid == me || ppid == me || pid == 2 || ppid == 2 {
+            continue;
+        }
+        let ticks = f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+            + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        out.insert(pid, ticks);
+    }
+    out
+}
+
+/// CPU seconds other processes used between two [`foreign_ticks`] snapshots
+/// (processes that started in between count whole; ones that ended are missed).
+pub fn foreign_cpu(before: &HashMap<u32, u64>, after: &HashMap<u32, u64>) -> f64 {
+    // SAFETY: no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let ticks: u64 = after
+        .iter()
+        .map(|(pid, t)| t.saturating_sub(before.get(pid).copied().unwrap_or(0)))
+        .sum();
+    ticks as f64 / hz
 }
 
 /// iperf3 servers in the namespace, one per port, for the whole benchmark.

@@ -21,6 +21,7 @@ pub struct Report {
     pub small: HashMap<Tool, Vec<RunResult>>,
     pub first_packet: HashMap<FirstPacket, Vec<Duration>>,
     pub commands: Vec<(String, String)>,
+    pub retried: usize,
 }
 
 const TCP_SPECS: [(Tool, u32); 5] = [
@@ -175,6 +176,7 @@ impl Report {
             small: HashMap::new(),
             first_packet: HashMap::new(),
             commands: Vec::new(),
+            retried: 0,
         }
     }
 
@@ -300,12 +302,19 @@ impl Report {
             .flatten()
             .collect();
         let busy = all.iter().filter(|r| r.busy_start).count();
+        let disturbed = all.iter().filter(|r| r.foreign_load > 0.10).count();
+        let worst = all.iter().map(|r| r.foreign_load).fold(0.0, f64::max);
         let _ = writeln!(
             o,
-            "- Before each run the benchmark waits (up to a minute) for the machine to be quiet \
-             (< 15% CPU busy over 1 s; not in quick runs). {busy} of {} runs started on a busy \
-             machine anyway.",
-            all.len()
+            "- The machine is shared: before each run the benchmark waits (up to a minute) for it \
+             to be quiet (< 15% CPU busy over 1 s), and a run during which other processes used \
+             more than 10% of a CPU (their utime + stime in /proc) is repeated, up to twice \
+             (not in quick runs). {} run(s) were repeated; {busy} of the {} runs kept started on \
+             a busy machine, {disturbed} were still disturbed (worst: other processes used {:.0}% \
+             of a CPU).",
+            self.retried,
+            all.len(),
+            worst * 100.0
         );
         let _ = writeln!(o, "\n## Commands\n\n| what | command |\n|---|---|");
         for (what, cmd) in &self.commands {
