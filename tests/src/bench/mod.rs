@@ -145,6 +145,10 @@ pub struct LossFree {
     pub pps: f64,
     /// No loss even with the senders unthrottled: the real limit is higher.
     pub sender_limited: bool,
+    /// The paced senders (`iperf3 -b`) fell short of the rate asked for
+    /// without loss, while unthrottled ones lost at this rate: the limit lies
+    /// between `pps` and this.
+    pub lossy_above: Option<f64>,
 }
 
 /// Time-to-first-packet contenders.
@@ -276,7 +280,11 @@ impl<'a> Bench<'a> {
         let running = match spec.tool {
             Tool::Nothing => None,
             tool => {
-                self.note_command(tool.name(), &argv);
+                let mut what = format!("{} -s {}", tool.name(), spec.snaplen);
+                if let Some(kib) = spec.buffer_kib {
+                    what += &format!(" -B {kib}");
+                }
+                self.note_command(&what, &argv);
                 Some(Running::start(&argv)?)
             }
         };
@@ -289,11 +297,19 @@ impl<'a> Bench<'a> {
             .map(|&port| procs::client_argv(&ns_ip, port, secs, load, senders))
             .collect();
         let what = match load {
-            Load::Tcp => "iperf3 TCP",
-            Load::Udp { pps: 0, .. } => "iperf3 UDP, unthrottled",
-            Load::Udp { .. } => "iperf3 UDP, at a rate",
+            Load::Tcp => "iperf3 TCP".to_string(),
+            Load::Udp { pps: 0, len } => format!("iperf3 UDP {len} B, unthrottled"),
+            Load::Udp { len, .. } => format!("iperf3 UDP {len} B, at a rate (search)"),
         };
-        self.note_command(what, &clients[0]);
+        if senders > 1 {
+            let all = clients.iter().map(|c| c.join(" ")).collect::<Vec<_>>();
+            self.note_command(
+                &format!("{what}, {senders} senders at once"),
+                &[all.join(" & ")],
+            );
+        } else {
+            self.note_command(&what, &clients[0]);
+        }
         let traffic = run_clients(&clients, secs)?;
         let foreign_load = procs::foreign_cpu(&foreign_before, &procs::foreign_ticks())
             / traffic_start.elapsed().as_secs_f64();
@@ -306,7 +322,20 @@ impl<'a> Bench<'a> {
             None => (None, None),
         };
         let in_file_all = match capture {
-            Some(_) => Some(count_in_file(&file, "")?),
+            Some(_) => {
+                self.note_command(
+                    "count every packet in the file",
+                    &["tcpdump", "-n", "-r", "FILE", "--count"].map(String::from),
+                );
+                self.note_command(
+                    "packets that crossed the veth",
+                    &[format!(
+                        "/sys/class/net/{}/statistics/{{tx_packets,tx_dropped,rx_packets}}, after minus before",
+                        self.net.host_if
+                    )],
+                );
+                Some(count_in_file(&file, "")?)
+            }
             None => None,
         };
         let in_file = match (load, capture.is_some()) {
@@ -443,9 +472,11 @@ impl<'a> Bench<'a> {
             return Ok(LossFree {
                 pps: full.traffic.sent_pps(),
                 sender_limited: true,
+                lossy_above: None,
             });
         }
-        let (mut low, mut high) = (0.0, full.traffic.sent_pps());
+        let unthrottled = full.traffic.sent_pps();
+        let (mut low, mut high) = (0.0, unthrottled);
         let mut best = 0.0f64;
         for _ in 0..self.plan.search_steps {
             let mid = (low + high) / 2.0;
@@ -457,6 +488,15 @@ impl<'a> Bench<'a> {
             log_udp(&format!("  search at {:.0} kpps", mid / 1e3), &r);
             if r.lossless() {
                 best = best.max(r.traffic.sent_pps());
+                if r.traffic.sent_pps() < 0.95 * mid {
+                    // Pacing costs iperf3 more than sending flat out: it
+                    // cannot go faster, so searching higher is pointless.
+                    return Ok(LossFree {
+                        pps: best,
+                        sender_limited: false,
+                        lossy_above: Some(unthrottled),
+                    });
+                }
                 low = mid;
             } else {
                 high = mid;
@@ -465,6 +505,7 @@ impl<'a> Bench<'a> {
         Ok(LossFree {
             pps: best,
             sender_limited: false,
+            lossy_above: None,
         })
     }
 

@@ -251,6 +251,7 @@ impl Report {
         self.small_table(&mut o);
         self.first_packet_table(&mut o);
         self.goals(&mut o);
+        let _ = write!(o, "\n{}", include_str!("notes.md"));
         o
     }
 
@@ -282,7 +283,8 @@ impl Report {
              - **Loss-free rate**: an unthrottled run first; if it lost nothing, the sender was the \
              limit and its rate is shown as `>= rate`; otherwise the rate is halved between 0 and \
              the unthrottled rate {} times (`iperf3 -b`), and the highest rate that lost nothing \
-             is shown.\n\
+             is shown; the search stops early when paced iperf3 cannot reach the rate asked \
+             for (pacing costs it more than sending flat out).\n\
              - **Time to first packet**: a sleeper in the namespace provides the PID; a UDP \
              datagram goes into the namespace every 2 ms; the time is from spawning the command \
              to the file holding a whole first packet (polled every 0.5 ms).",
@@ -393,7 +395,18 @@ impl Report {
                     let loss_free = self.loss_free.get(&key).and_then(|v| {
                         let pps = median(v.iter().map(|l| l.pps / 1e3).collect())?;
                         let all_limited = v.iter().all(|l| l.sender_limited);
-                        Some(format!("{}{pps:.1}", if all_limited { ">= " } else { "" }))
+                        let capped = v
+                            .iter()
+                            .filter_map(|l| l.lossy_above)
+                            .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.min(x))));
+                        Some(match (all_limited, capped) {
+                            (true, _) => format!(">= {pps:.1}"),
+                            (false, Some(lossy)) => format!(
+                                "{pps:.1} (paced iperf3 went no faster; unthrottled lost at {:.1})",
+                                lossy / 1e3
+                            ),
+                            (false, None) => format!("{pps:.1}"),
+                        })
                     });
                     let _ = writeln!(
                         o,
