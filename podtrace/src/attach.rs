@@ -137,7 +137,6 @@ pub struct Programs {
 
 impl Programs {
     pub fn load(opts: LoadOptions<'_>) -> Result<Self, AttachError> {
-        let cpus = aya::util::nr_cpus().map_err(|(_, e)| AttachError::Load(e.to_string()))? as u32;
         // Userspace drains on a timer; wake it early once a quarter is full.
         let wakeup_bytes = u64::from(opts.ring_bytes / 4);
         // A constant for the verifier: 0 removes the interpreter from the programs.
@@ -147,7 +146,6 @@ impl Programs {
             .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
             .override_global("FILTER_LEN", &filter_len, true)
             .map_max_entries("EVENTS", opts.ring_bytes)
-            .map_max_entries("SCRATCH", cpus)
             .map_max_entries("FILTER", filter_len.max(1))
             .load(EBPF_OBJECT)
             .map_err(|e| AttachError::Load(error_chain(&e)))?;
