@@ -14,6 +14,11 @@
 //! `FILTER_LEN` is a read-only global, so with no filter the verifier sees
 //! the constant 0 and drops the interpreter from the program entirely.
 //!
+//! With a translated filter (userspace's `filter::translate`) the filter is
+//! a program of its own, attached in front; it tail-calls these programs
+//! through `CAPTURE` for the packets it accepts, and they run with no
+//! filter of their own.
+//!
 //! The programs never change the verdict: they always return `TCX_NEXT`, which
 //! continues the TCX chain and legacy direct-action filters alike (TC_ACT_OK
 //! or TC_ACT_PIPE would end the TCX chain and hide programs attached after us).
@@ -28,7 +33,7 @@ use aya_ebpf::{
     },
     helpers::{bpf_ktime_get_ns, bpf_skb_load_bytes},
     macros::{classifier, map},
-    maps::{PerCpuArray, RingBuf},
+    maps::{PerCpuArray, ProgramArray, RingBuf},
     programs::TcContext,
 };
 use podtrace_common::{
@@ -55,6 +60,11 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
 
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS_LEN, 0);
+
+/// The capture programs, by hook, for a translated filter to tail-call.
+/// Filled by the loader; unused by these programs themselves.
+#[map]
+static CAPTURE: ProgramArray = ProgramArray::with_max_entries(2, 0);
 
 #[classifier]
 pub fn podtrace_ingress(ctx: TcContext) -> i32 {

@@ -16,7 +16,10 @@ use tokio::{
 };
 
 use crate::{
-    attach::{AttachError, DirectionFilter, Hooks, KernelCounters, LoadOptions, Programs, TcMode},
+    attach::{
+        AttachError, DirectionFilter, FilterEngine, Hooks, KernelCounters, LoadOptions, Programs,
+        TcMode,
+    },
     filter::Filter,
     link::HostLink,
     progress::Progress,
@@ -75,6 +78,7 @@ pub struct CapturePlan {
     pub duration: Option<Duration>,
     pub ring_bytes: u32,
     pub tc_mode: TcMode,
+    pub filter_engine: FilterEngine,
     pub direction: DirectionFilter,
     /// Run in the kernel on every packet; `None` captures everything.
     pub filter: Option<Filter>,
@@ -145,7 +149,11 @@ pub async fn run(
         snaplen: plan.sink.snaplen,
         ring_bytes: plan.ring_bytes,
         filter: plan.filter.as_ref().map_or(&[], |f| &f.insns),
+        engine: plan.filter_engine,
     })?;
+    if let Some(engine) = programs.engine_used {
+        crate::verbose(format_args!("filter engine: {engine:?}"));
+    }
     let mut reader = RingReader::new(programs.take_ring()?).map_err(CaptureError::Ring)?;
     for target in &plan.targets {
         let hooks = Hooks::for_direction(plan.direction, target.link.peer_is_target);

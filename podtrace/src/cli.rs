@@ -5,7 +5,7 @@ use std::{path::PathBuf, time::Duration};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use podtrace::{
-    attach::{DirectionFilter, TcMode},
+    attach::{DirectionFilter, FilterEngine, TcMode},
     capture::{CapturePlan, Target},
     filter::{self, Filter},
     link,
@@ -161,6 +161,11 @@ pub struct CaptureArgs {
     /// How to attach the TC programs.
     #[arg(long, value_enum, default_value_t = TcMode::Auto)]
     pub tc_mode: TcMode,
+
+    /// How the kernel runs the filter: translated to native eBPF (fast), or
+    /// interpreted (any filter libpcap compiles); auto tries native first.
+    #[arg(long, value_enum, default_value_t = FilterEngine::Auto)]
+    pub filter_engine: FilterEngine,
 }
 
 fn parse_secs(s: &str) -> Result<Duration, String> {
@@ -197,6 +202,7 @@ impl CaptureArgs {
             duration: self.duration,
             ring_bytes: ring_bytes(self.buffer_kib),
             tc_mode: self.tc_mode,
+            filter_engine: self.filter_engine,
             direction: self.direction,
             filter,
         })

@@ -6,10 +6,16 @@
 //! cls_bpf filter on the clsact qdisc, added next to whatever filters are
 //! already there; filters a killed podtrace left behind are removed first.
 
-use std::{collections::HashMap, io};
+mod native;
+
+use std::{
+    collections::HashMap,
+    io,
+    os::fd::{AsFd, AsRawFd},
+};
 
 use aya::{
-    maps::{Array, MapData, PerCpuArray, RingBuf},
+    maps::{Array, Map, MapData, PerCpuArray, ProgramArray, RingBuf},
     programs::{
         links::LinkOrder,
         tc::{self, NlOptions, SchedClassifierLinkId, TcAttachOptions},
@@ -19,7 +25,8 @@ use aya::{
 };
 use podtrace_common::{FilterInsn, COUNTER_FILTERED, COUNTER_LOST, COUNTER_SEEN};
 
-use crate::link::HostLink;
+pub use self::native::test_run;
+use crate::{filter::translate::Maps, link::HostLink};
 
 /// The compiled eBPF object, built by `cargo xtask build-ebpf`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("PODTRACE_EBPF_OBJECT"));
@@ -37,6 +44,18 @@ pub enum TcMode {
     Tcx,
     /// A cls_bpf filter on the clsact qdisc (any kernel with clsact).
     Clsact,
+}
+
+/// How the kernel runs a capture filter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum FilterEngine {
+    /// Translated if the verifier takes it, else interpreted.
+    #[default]
+    Auto,
+    /// Translated to native eBPF: a program in front of the capture programs.
+    Native,
+    /// The classic-BPF interpreter inside the capture programs.
+    Interpreter,
 }
 
 /// Which TC hooks to attach.
@@ -96,6 +115,9 @@ pub enum AttachError {
         hook: &'static str,
         reason: String,
     },
+    /// The filter could not run translated (the interpreter can take over).
+    #[error("cannot load the translated filter: {0}")]
+    Translate(String),
     #[error("eBPF object is missing {0}")]
     Missing(&'static str),
 }
@@ -116,6 +138,7 @@ pub struct LoadOptions<'a> {
     pub ring_bytes: u32,
     /// The classic-BPF filter to run in the kernel; empty for none.
     pub filter: &'a [FilterInsn],
+    pub engine: FilterEngine,
 }
 
 struct Attached {
@@ -124,11 +147,20 @@ struct Attached {
     id: SchedClassifierLinkId,
 }
 
+/// The translated filter programs, in front of the capture programs.
+struct FilterPrograms {
+    ingress: SchedClassifier,
+    egress: SchedClassifier,
+}
+
 /// The loaded programs and where they are attached. Dropping it detaches all.
 pub struct Programs {
     ebpf: Ebpf,
     attached: Vec<Attached>,
     counters: PerCpuArray<MapData, u64>,
+    filters: Option<FilterPrograms>,
+    /// Whether the filter runs translated or interpreted (None: no filter).
+    pub engine_used: Option<FilterEngine>,
     /// Interfaces by ifindex, for records and statistics.
     pub links: HashMap<u32, HostLink>,
     /// How the last attach was done, for -v and tests.
@@ -137,10 +169,28 @@ pub struct Programs {
 
 impl Programs {
     pub fn load(opts: LoadOptions<'_>) -> Result<Self, AttachError> {
+        if opts.filter.is_empty() {
+            return Self::load_object(opts, false);
+        }
+        if opts.engine != FilterEngine::Interpreter {
+            match Self::load_object(opts, true) {
+                Err(AttachError::Translate(e)) if opts.engine == FilterEngine::Auto => {
+                    crate::verbose(format_args!("{e}; interpreting the filter instead"))
+                }
+                other => return other,
+            }
+        }
+        Self::load_object(opts, false)
+    }
+
+    /// Loads the ELF object: with the filter interpreted in the capture
+    /// programs, or without it when `translated` (it then runs in front).
+    fn load_object(opts: LoadOptions<'_>, translated: bool) -> Result<Self, AttachError> {
         // Userspace drains on a timer; wake it early once a quarter is full.
         let wakeup_bytes = u64::from(opts.ring_bytes / 4);
+        let interpreted: &[FilterInsn] = if translated { &[] } else { opts.filter };
         // A constant for the verifier: 0 removes the interpreter from the programs.
-        let filter_len = opts.filter.len() as u32;
+        let filter_len = interpreted.len() as u32;
         let mut ebpf = EbpfLoader::new()
             .override_global("SNAPLEN", &opts.snaplen, true)
             .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
@@ -150,13 +200,13 @@ impl Programs {
             .load(EBPF_OBJECT)
             .map_err(|e| AttachError::Load(error_chain(&e)))?;
         // Filled before any program is attached: no packet sees a partial filter.
-        if !opts.filter.is_empty() {
+        if !interpreted.is_empty() {
             let map = ebpf
                 .map_mut("FILTER")
                 .ok_or(AttachError::Missing("FILTER"))?;
             let mut program: Array<_, FilterInsn> =
                 Array::try_from(map).map_err(|e| AttachError::Load(e.to_string()))?;
-            for (i, insn) in opts.filter.iter().enumerate() {
+            for (i, insn) in interpreted.iter().enumerate() {
                 program
                     .set(i as u32, insn, 0)
                     .map_err(|e| AttachError::Load(error_chain(&e)))?;
@@ -178,15 +228,29 @@ impl Programs {
                 crate::verbose(format_args!("{name}: verifier processed {n} instructions"));
             }
         }
+        let filters = if translated {
+            let filters = load_filter_programs(&mut ebpf, opts.filter)
+                .map_err(|e| AttachError::Translate(error_chain(&e)))?;
+            Some(filters)
+        } else {
+            None
+        };
         let counters = ebpf
             .take_map("COUNTERS")
             .ok_or(AttachError::Missing("COUNTERS"))?;
         let counters =
             PerCpuArray::try_from(counters).map_err(|e| AttachError::Load(e.to_string()))?;
+        let engine_used = match (&filters, opts.filter.is_empty()) {
+            (_, true) => None,
+            (Some(_), _) => Some(FilterEngine::Native),
+            (None, _) => Some(FilterEngine::Interpreter),
+        };
         Ok(Self {
             ebpf,
             attached: Vec::new(),
             counters,
+            filters,
+            engine_used,
             links: HashMap::new(),
             mode_used: None,
         })
@@ -209,12 +273,12 @@ impl Programs {
         mode: TcMode,
     ) -> Result<(), AttachError> {
         let wanted = [
-            (hooks.ingress, TcAttachType::Ingress, INGRESS_PROGRAM),
-            (hooks.egress, TcAttachType::Egress, EGRESS_PROGRAM),
+            (hooks.ingress, TcAttachType::Ingress),
+            (hooks.egress, TcAttachType::Egress),
         ];
-        for (on, hook, program) in wanted {
+        for (on, hook) in wanted {
             if on {
-                self.attach_one(&link.name, hook, program, mode)?;
+                self.attach_one(&link.name, hook, mode)?;
             }
         }
         self.links.insert(link.ifindex, link.clone());
@@ -225,7 +289,6 @@ impl Programs {
         &mut self,
         iface: &str,
         hook: TcAttachType,
-        program: &'static str,
         mode: TcMode,
     ) -> Result<(), AttachError> {
         let fail = |reason: String| AttachError::Attach {
@@ -233,12 +296,7 @@ impl Programs {
             hook: hook_name(hook),
             reason,
         };
-        let prog: &mut SchedClassifier = self
-            .ebpf
-            .program_mut(program)
-            .ok_or(AttachError::Missing(program))?
-            .try_into()
-            .map_err(|e| fail(error_chain(&e)))?;
+        let prog = self.entry(hook)?;
         // First in the chain: see packets before other programs (a CNI's
         // redirect, say) can end it; our verdict lets everything through.
         let mut tcx =
@@ -250,13 +308,13 @@ impl Programs {
                 Err(e) => {
                     crate::verbose(format_args!("TCX attach failed ({e}), using clsact"));
                     (
-                        attach_clsact(prog, iface, hook, program).map_err(fail)?,
+                        attach_clsact(prog, iface, hook).map_err(fail)?,
                         TcMode::Clsact,
                     )
                 }
             },
             TcMode::Clsact => (
-                attach_clsact(prog, iface, hook, program).map_err(fail)?,
+                attach_clsact(prog, iface, hook).map_err(fail)?,
                 TcMode::Clsact,
             ),
         };
@@ -271,22 +329,37 @@ impl Programs {
 
     /// Detaches every program; safe to call more than once.
     pub fn detach_all(&mut self) {
-        for Attached { iface, hook, id } in self.attached.drain(..) {
-            let name = match hook {
-                TcAttachType::Ingress => INGRESS_PROGRAM,
-                _ => EGRESS_PROGRAM,
-            };
-            if let Some(Ok(prog)) = self
-                .ebpf
-                .program_mut(name)
-                .map(<&mut SchedClassifier>::try_from)
-            {
+        for Attached { iface, hook, id } in std::mem::take(&mut self.attached) {
+            if let Ok(prog) = self.entry(hook) {
                 // The interface may be gone already (pod deleted): nothing to undo.
                 if let Err(e) = prog.detach(id) {
                     crate::verbose(format_args!("detach from {iface}: {e}"));
                 }
             }
         }
+    }
+
+    /// The program attached at `hook`: the translated filter in front, or
+    /// the capture program itself.
+    pub fn entry(&mut self, hook: TcAttachType) -> Result<&mut SchedClassifier, AttachError> {
+        let ingress = hook == TcAttachType::Ingress;
+        if let Some(filters) = &mut self.filters {
+            return Ok(if ingress {
+                &mut filters.ingress
+            } else {
+                &mut filters.egress
+            });
+        }
+        let name = if ingress {
+            INGRESS_PROGRAM
+        } else {
+            EGRESS_PROGRAM
+        };
+        self.ebpf
+            .program_mut(name)
+            .ok_or(AttachError::Missing(name))?
+            .try_into()
+            .map_err(|e| AttachError::Load(error_chain(&e)))
     }
 
     pub fn counters(&self) -> KernelCounters {
@@ -310,11 +383,48 @@ impl Drop for Programs {
     }
 }
 
+/// Translates the filter into one program per hook that tail-calls the
+/// capture programs, which go into `CAPTURE` first.
+fn load_filter_programs(
+    ebpf: &mut Ebpf,
+    filter: &[FilterInsn],
+) -> Result<FilterPrograms, native::NativeError> {
+    let missing = |what: &str| native::NativeError::Lookup(format!("{what} is missing"));
+    let map_fd = |name: &str| match ebpf.map(name) {
+        Some(Map::ProgramArray(data) | Map::PerCpuArray(data)) => Ok(data.fd().as_fd().as_raw_fd()),
+        _ => Err(missing(name)),
+    };
+    let maps = Maps {
+        capture: map_fd("CAPTURE")?,
+        counters: map_fd("COUNTERS")?,
+    };
+    let ingress = native::load(filter, maps, 0, native::INGRESS_NAME)?;
+    let egress = native::load(filter, maps, 1, native::EGRESS_NAME)?;
+    let mut fds = Vec::new();
+    for name in [INGRESS_PROGRAM, EGRESS_PROGRAM] {
+        let prog: &SchedClassifier = ebpf
+            .program(name)
+            .and_then(|p| p.try_into().ok())
+            .ok_or_else(|| missing(name))?;
+        let fd = prog.fd().and_then(|fd| fd.try_clone().map_err(Into::into));
+        fds.push(fd.map_err(|e| native::NativeError::Lookup(e.to_string()))?);
+    }
+    let mut slots: ProgramArray<_> = ebpf
+        .map_mut("CAPTURE")
+        .and_then(|m| ProgramArray::try_from(m).ok())
+        .ok_or_else(|| missing("CAPTURE"))?;
+    for (slot, fd) in fds.iter().enumerate() {
+        slots
+            .set(slot as u32, fd, 0)
+            .map_err(|e| native::NativeError::Lookup(error_chain(&e)))?;
+    }
+    Ok(FilterPrograms { ingress, egress })
+}
+
 fn attach_clsact(
     prog: &mut SchedClassifier,
     iface: &str,
     hook: TcAttachType,
-    program: &str,
 ) -> Result<SchedClassifierLinkId, String> {
     // An existing clsact qdisc (ours from before, or a CNI's) is fine.
     if let Err(e) = tc::qdisc_add_clsact(iface) {
@@ -323,12 +433,18 @@ fn attach_clsact(
         }
     }
     // Filters left by a podtrace that was killed: ours by name, nobody else's.
-    match tc::qdisc_detach_program(iface, hook, program) {
-        Ok(()) => crate::verbose(format_args!(
-            "removed a stale {program} filter from {iface}"
-        )),
-        Err(tc::TcError::IoError(e)) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => crate::verbose(format_args!("looking for stale filters on {iface}: {e}")),
+    let ours = match hook {
+        TcAttachType::Ingress => [INGRESS_PROGRAM, native::INGRESS_NAME],
+        _ => [EGRESS_PROGRAM, native::EGRESS_NAME],
+    };
+    for program in ours {
+        match tc::qdisc_detach_program(iface, hook, program) {
+            Ok(()) => crate::verbose(format_args!(
+                "removed a stale {program} filter from {iface}"
+            )),
+            Err(tc::TcError::IoError(e)) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => crate::verbose(format_args!("looking for stale filters on {iface}: {e}")),
+        }
     }
     prog.attach_with_options(iface, hook, TcAttachOptions::Netlink(NlOptions::default()))
         .map_err(|e| error_chain(&e))

@@ -17,6 +17,8 @@ use std::{
 
 use podtrace_common::{FilterInsn, MAX_FILTER_INSNS};
 
+pub mod translate;
+
 /// A compiled filter expression.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Filter {
@@ -175,6 +177,17 @@ impl Filter {
     }
 }
 
+impl Filter {
+    /// libpcap's own verdict on a whole packet (what `tcpdump -r` runs):
+    /// 0 rejects. The reference the kernel-side engines are tested against.
+    pub fn libpcap_verdict(&self, packet: &[u8]) -> u32 {
+        let len = c_uint::try_from(packet.len()).unwrap_or(c_uint::MAX);
+        // SAFETY: the program came from pcap_compile (so libpcap validated
+        // it) and the packet buffer holds `len` bytes.
+        unsafe { ffi::bpf_filter(self.insns.as_ptr(), packet.as_ptr(), len, len) }
+    }
+}
+
 /// libpcap's `bpf_image` formats into a static buffer: one caller at a time.
 /// Compiling takes the same lock, which costs nothing in a one-shot CLI.
 static LIBPCAP: Mutex<()> = Mutex::new(());
@@ -215,6 +228,12 @@ mod ffi {
         pub fn pcap_freecode(fp: *mut BpfProgram);
         pub fn pcap_close(p: *mut Pcap);
         pub fn bpf_image(insn: *const FilterInsn, n: c_int) -> *mut c_char;
+        pub fn bpf_filter(
+            insns: *const FilterInsn,
+            packet: *const u8,
+            wirelen: c_uint,
+            buflen: c_uint,
+        ) -> c_uint;
     }
 }
 

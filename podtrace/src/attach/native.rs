@@ -1,0 +1,210 @@
+//! The translated filter programs (see [`crate::filter::translate`]):
+//! loaded with raw `bpf(2)` calls, since aya loads programs from ELF objects
+//! only, then handed to aya as [`SchedClassifier`]s so they attach, detach
+//! and coexist exactly like the capture programs.
+
+use std::{
+    borrow::Cow,
+    io,
+    os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
+};
+
+use aya::programs::{loaded_programs, SchedClassifier};
+use podtrace_common::FilterInsn;
+
+use crate::filter::translate::{self, Insn, Maps, Options, TranslateError};
+
+/// Kernel name of the filter programs (15 characters at most).
+pub const KERNEL_NAME: &str = "podtrace_filter";
+/// Names of their cls_bpf filters in clsact mode, by hook.
+pub const INGRESS_NAME: &str = "podtrace_filter_ingress";
+pub const EGRESS_NAME: &str = "podtrace_filter_egress";
+
+#[derive(Debug, thiserror::Error)]
+pub enum NativeError {
+    #[error(transparent)]
+    Translate(#[from] TranslateError),
+    #[error("the verifier refused the translated filter ({insns} instructions): {reason}")]
+    Verifier { insns: usize, reason: String },
+    #[error("cannot find the loaded filter program: {0}")]
+    Lookup(String),
+}
+
+/// Translates and loads the filter for one hook; accepted packets are
+/// tail-called into slot `slot` of the `maps.capture` array.
+pub fn load(
+    filter: &[FilterInsn],
+    maps: Maps,
+    slot: u32,
+    name: &'static str,
+) -> Result<SchedClassifier, NativeError> {
+    let opts = Options {
+        slot,
+        direct_max: Options::DIRECT_MAX,
+    };
+    load_with(filter, maps, opts, name)
+}
+
+/// [`load`] with every translation option (tests force the slow paths).
+pub fn load_with(
+    filter: &[FilterInsn],
+    maps: Maps,
+    opts: Options,
+    name: &'static str,
+) -> Result<SchedClassifier, NativeError> {
+    let insns = translate::translate(filter, maps, opts)?;
+    let fd = prog_load(&insns).map_err(|reason| NativeError::Verifier {
+        insns: insns.len(),
+        reason,
+    })?;
+    let id = prog_id(fd.as_fd()).map_err(|e| NativeError::Lookup(e.to_string()))?;
+    // aya builds a program from its kernel info (it duplicates the fd).
+    let info = loaded_programs()
+        .filter_map(Result::ok)
+        .find(|info| info.id() == id)
+        .ok_or_else(|| NativeError::Lookup(format!("program id {id} is not listed")))?;
+    if let Some(n) = info.verified_instruction_count() {
+        crate::verbose(format_args!(
+            "{name}: {} eBPF instructions, verifier processed {n}",
+            insns.len()
+        ));
+    }
+    SchedClassifier::from_program_info(info, Cow::Borrowed(name))
+        .map_err(|e| NativeError::Lookup(e.to_string()))
+}
+
+const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_PROG_TEST_RUN: libc::c_long = 10;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
+
+/// The head of `union bpf_attr` for BPF_PROG_LOAD; the kernel treats the
+/// fields after it as zero.
+#[repr(C)]
+#[derive(Default)]
+struct ProgLoadAttr {
+    prog_type: u32,
+    insn_cnt: u32,
+    insns: u64,
+    license: u64,
+    log_level: u32,
+    log_size: u32,
+    log_buf: u64,
+    kern_version: u32,
+    prog_flags: u32,
+    prog_name: [u8; 16],
+}
+
+fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
+    // SAFETY: `attr` is a repr(C) prefix of union bpf_attr for `cmd`, and
+    // every pointer in it outlives the call.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *mut T,
+            std::mem::size_of::<T>() as libc::c_uint,
+        )
+    };
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// Loads a SCHED_CLS program; on failure, the verifier's last words.
+fn prog_load(insns: &[Insn]) -> Result<OwnedFd, String> {
+    let license = c"GPL";
+    let mut name = [0u8; 16];
+    name[..KERNEL_NAME.len()].copy_from_slice(KERNEL_NAME.as_bytes());
+    let attr = |log: &mut [u8]| ProgLoadAttr {
+        prog_type: BPF_PROG_TYPE_SCHED_CLS,
+        insn_cnt: insns.len() as u32,
+        insns: insns.as_ptr() as u64,
+        license: license.as_ptr() as u64,
+        log_level: u32::from(!log.is_empty()),
+        log_size: log.len() as u32,
+        // The kernel refuses a log pointer without a log level and size.
+        log_buf: if log.is_empty() {
+            0
+        } else {
+            log.as_mut_ptr() as u64
+        },
+        prog_name: name,
+        ..Default::default()
+    };
+    let first = bpf(BPF_PROG_LOAD, &mut attr(&mut []));
+    let err = match first {
+        // SAFETY: BPF_PROG_LOAD returned a new file descriptor we own.
+        Ok(fd) => return Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) }),
+        Err(e) => e,
+    };
+    // Again with the verifier's log, only to explain the refusal (the log
+    // keeps its end when it overflows, which is where the reason is).
+    let mut log = vec![0u8; 1 << 20];
+    if let Ok(fd) = bpf(BPF_PROG_LOAD, &mut attr(&mut log)) {
+        // SAFETY: a new file descriptor we own; closed at once.
+        drop(unsafe { OwnedFd::from_raw_fd(fd as i32) });
+    }
+    let text = String::from_utf8_lossy(&log);
+    let tail: Vec<&str> = text
+        .trim_end_matches('\0')
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    let tail = tail[tail.len().saturating_sub(2)..].join(" / ");
+    Err(if tail.is_empty() {
+        err.to_string()
+    } else {
+        format!("{err}: {tail}")
+    })
+}
+
+#[repr(C)]
+struct InfoAttr {
+    bpf_fd: u32,
+    info_len: u32,
+    info: u64,
+}
+
+/// The kernel's id of a program (the second word of `bpf_prog_info`).
+fn prog_id(fd: BorrowedFd<'_>) -> io::Result<u32> {
+    let mut head = [0u32; 2];
+    let mut attr = InfoAttr {
+        bpf_fd: fd.as_raw_fd() as u32,
+        info_len: std::mem::size_of_val(&head) as u32,
+        info: head.as_mut_ptr() as u64,
+    };
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    Ok(head[1])
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct TestRunAttr {
+    prog_fd: u32,
+    retval: u32,
+    data_size_in: u32,
+    data_size_out: u32,
+    data_in: u64,
+    data_out: u64,
+    repeat: u32,
+    duration: u32,
+}
+
+/// Runs a TC program once on `packet` (an Ethernet frame of at least 14
+/// bytes) with BPF_PROG_TEST_RUN, `repeat` times; returns its verdict and
+/// the mean run time in ns. For tests and benchmarks; nothing is sent.
+pub fn test_run(prog: &SchedClassifier, packet: &[u8], repeat: u32) -> io::Result<(i32, u32)> {
+    let fd = prog.fd().map_err(io::Error::other)?;
+    let mut attr = TestRunAttr {
+        prog_fd: fd.as_fd().as_raw_fd() as u32,
+        data_size_in: packet.len() as u32,
+        data_in: packet.as_ptr() as u64,
+        repeat,
+        ..Default::default()
+    };
+    bpf(BPF_PROG_TEST_RUN, &mut attr)?;
+    Ok((attr.retval as i32, attr.duration))
+}
