@@ -150,6 +150,7 @@ pub async fn run(
         ring_bytes: plan.ring_bytes,
         filter: plan.filter.as_ref().map_or(&[], |f| &f.insns),
         engine: plan.filter_engine,
+        slow_loads_only: false,
     })?;
     if let Some(engine) = programs.engine_used {
         crate::verbose(format_args!("filter engine: {engine:?}"));

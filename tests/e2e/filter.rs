@@ -22,7 +22,7 @@ use crate::capture::{assert_released, tempdir};
 
 /// Expressions checked against tcpdump; `{ns}`, `{host}`, `{ns6}`, `{host6}`,
 /// `{ns_mac}` and `{host_mac}` are replaced with the test net's values.
-const EXPRESSIONS: &[&str] = &[
+pub const EXPRESSIONS: &[&str] = &[
     "host {ns}",
     "src host {host}",
     "dst host {ns} and not icmp",
@@ -79,6 +79,9 @@ const EXPRESSIONS: &[&str] = &[
     "ip6[6] == 58 and ip6[40] == 128",
 ];
 
+/// `--filter-engine` values; `native` fails rather than fall back.
+const ENGINES: [&str; 2] = ["native", "interpreter"];
+
 /// Instances running at once; beyond this, the traffic is repeated.
 const BATCH: usize = 18;
 
@@ -92,8 +95,14 @@ pub fn matches_tcpdump_on_mixed_traffic() -> Result<()> {
     let expressions: Vec<String> = EXPRESSIONS.iter().map(|e| vars.fill(e)).collect();
     ensure!(expressions.len() >= 30);
     let mut selected = Vec::new();
-    for batch in expressions.chunks(BATCH) {
-        selected.extend(differential(&net, Some(v6), batch)?);
+    // Both kernel engines, each on every expression.
+    for engine in ENGINES {
+        for batch in expressions.chunks(BATCH) {
+            let got = differential(&net, Some(v6), batch, engine)?;
+            if engine == ENGINES[0] {
+                selected.extend(got);
+            }
+        }
     }
     // The traffic has what the expressions are about: ARP, IPv6, a GSO
     // super-packet, loads past the end rejected, no VLAN tags.
@@ -129,8 +138,10 @@ pub fn long_filter_loads_and_matches() -> Result<()> {
     // And one that is not about addresses at all, with an instruction per port.
     let ports: Vec<String> = (7000..7040).map(|p| format!("udp port {p}")).collect();
     let filters = [long, format!("tcp or {}", ports.join(" or "))];
-    let selected = differential(&net, None, &filters)?;
-    ensure!(selected.iter().all(|(_, n)| *n > 0), "{selected:?}");
+    for engine in ENGINES {
+        let selected = differential(&net, None, &filters, engine)?;
+        ensure!(selected.iter().all(|(_, n)| *n > 0), "{selected:?}");
+    }
     Ok(())
 }
 
@@ -287,6 +298,7 @@ fn differential(
     net: &TestNet,
     v6: Option<(Ipv6Addr, Ipv6Addr)>,
     expressions: &[String],
+    engine: &str,
 ) -> Result<Vec<(String, usize)>> {
     let dir = tempdir()?;
     let file = |name: &str| dir.path().join(format!("{name}.pcap"));
@@ -294,7 +306,9 @@ fn differential(
         let out = file(name);
         let mut args = vec!["capture", "-i", &net.host_if, "-B", "1024"];
         args.extend(["-w", out.to_str().unwrap()]);
-        args.extend(filter);
+        if let Some(expr) = filter {
+            args.extend(["--filter-engine", engine, "--", expr]);
+        }
         Capture::start(&args).with_context(|| format!("starting {args:?}"))
     };
     let outer = start("outer", None)?;
@@ -342,7 +356,7 @@ fn differential(
         selected.push((expr.clone(), least.len()));
         if !(is_run_of(&got, &most) && is_run_of(&least, &got)) {
             failures.push(format!(
-                "{expr:?}: podtrace kept {} packets, tcpdump {} (inner) / {} (outer){}",
+                "{expr:?} ({engine}): podtrace kept {} packets, tcpdump {} (inner) / {} (outer){}",
                 got.len(),
                 least.len(),
                 most.len(),
@@ -393,7 +407,7 @@ fn tcpdump_select(file: &Path, expr: &str, out: &Path) -> Result<Vec<pcap::Packe
 }
 
 /// Placeholders of [`EXPRESSIONS`].
-struct Vars(Vec<(&'static str, String)>);
+pub struct Vars(pub Vec<(&'static str, String)>);
 
 impl Vars {
     fn of(net: &TestNet, (host6, ns6): (Ipv6Addr, Ipv6Addr)) -> Result<Self> {
@@ -407,7 +421,7 @@ impl Vars {
         ]))
     }
 
-    fn fill(&self, expr: &str) -> String {
+    pub fn fill(&self, expr: &str) -> String {
         self.0
             .iter()
             .fold(expr.to_owned(), |e, (name, value)| e.replace(name, value))

@@ -11,6 +11,7 @@ mod capture_ring;
 mod coexist;
 mod errors;
 mod filter;
+mod filter_engines;
 mod output;
 mod pods;
 
@@ -111,6 +112,10 @@ const TESTS: &[(&str, TestFn)] = &[
     (
         "filter::matches_tcpdump_on_mixed_traffic",
         filter::matches_tcpdump_on_mixed_traffic,
+    ),
+    (
+        "filter_engines::engines_match_libpcap",
+        filter_engines::engines_match_libpcap,
     ),
     (
         "filter::long_filter_loads_and_matches",

@@ -26,7 +26,10 @@ use aya::{
 use podtrace_common::{FilterInsn, COUNTER_FILTERED, COUNTER_LOST, COUNTER_SEEN};
 
 pub use self::native::test_run;
-use crate::{filter::translate::Maps, link::HostLink};
+use crate::{
+    filter::translate::{self, Maps},
+    link::HostLink,
+};
 
 /// The compiled eBPF object, built by `cargo xtask build-ebpf`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("PODTRACE_EBPF_OBJECT"));
@@ -139,6 +142,9 @@ pub struct LoadOptions<'a> {
     /// The classic-BPF filter to run in the kernel; empty for none.
     pub filter: &'a [FilterInsn],
     pub engine: FilterEngine,
+    /// Tests: a translated filter reads every packet byte with
+    /// `bpf_skb_load_bytes`, as it does past the linear head of an skb.
+    pub slow_loads_only: bool,
 }
 
 struct Attached {
@@ -229,7 +235,7 @@ impl Programs {
             }
         }
         let filters = if translated {
-            let filters = load_filter_programs(&mut ebpf, opts.filter)
+            let filters = load_filter_programs(&mut ebpf, opts.filter, opts.slow_loads_only)
                 .map_err(|e| AttachError::Translate(error_chain(&e)))?;
             Some(filters)
         } else {
@@ -388,6 +394,7 @@ impl Drop for Programs {
 fn load_filter_programs(
     ebpf: &mut Ebpf,
     filter: &[FilterInsn],
+    slow_loads_only: bool,
 ) -> Result<FilterPrograms, native::NativeError> {
     let missing = |what: &str| native::NativeError::Lookup(format!("{what} is missing"));
     let map_fd = |name: &str| match ebpf.map(name) {
@@ -398,8 +405,17 @@ fn load_filter_programs(
         capture: map_fd("CAPTURE")?,
         counters: map_fd("COUNTERS")?,
     };
-    let ingress = native::load(filter, maps, 0, native::INGRESS_NAME)?;
-    let egress = native::load(filter, maps, 1, native::EGRESS_NAME)?;
+    let direct_max = if slow_loads_only {
+        0
+    } else {
+        translate::Options::DIRECT_MAX
+    };
+    let load = |slot, name| {
+        let opts = translate::Options { slot, direct_max };
+        native::load(filter, maps, opts, name)
+    };
+    let ingress = load(0, native::INGRESS_NAME)?;
+    let egress = load(1, native::EGRESS_NAME)?;
     let mut fds = Vec::new();
     for name in [INGRESS_PROGRAM, EGRESS_PROGRAM] {
         let prog: &SchedClassifier = ebpf

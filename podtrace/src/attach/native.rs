@@ -31,22 +31,8 @@ pub enum NativeError {
 }
 
 /// Translates and loads the filter for one hook; accepted packets are
-/// tail-called into slot `slot` of the `maps.capture` array.
+/// tail-called into slot `opts.slot` of the `maps.capture` array.
 pub fn load(
-    filter: &[FilterInsn],
-    maps: Maps,
-    slot: u32,
-    name: &'static str,
-) -> Result<SchedClassifier, NativeError> {
-    let opts = Options {
-        slot,
-        direct_max: Options::DIRECT_MAX,
-    };
-    load_with(filter, maps, opts, name)
-}
-
-/// [`load`] with every translation option (tests force the slow paths).
-pub fn load_with(
     filter: &[FilterInsn],
     maps: Maps,
     opts: Options,
