@@ -48,6 +48,13 @@ pub fn quick_run_has_every_row() -> Result<()> {
             "row {label:?} lacks a measurement: {row}"
         );
     }
+    // Section 5 measures filters that must match nothing: if one matched,
+    // its rows would measure captures, not filters.
+    let matched = report
+        .lines()
+        .find(|l| l.starts_with(&format!("| {} |", bench::MATCHED_NOTHING)))
+        .context("no check of the filters in the report")?;
+    ensure!(matched.ends_with("| yes |"), "a filter matched: {matched}");
     ensure!(
         !std::path::Path::new("/run/netns/pbench-249").exists(),
         "the benchmark left its network namespace behind"

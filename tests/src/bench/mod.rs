@@ -11,6 +11,8 @@
 //! compared with what iperf3 sent (datagrams of the test's exact length to
 //! the test's ports, so iperf3's own control packets are not counted).
 
+mod filters;
+mod iperf;
 mod procs;
 mod report;
 
@@ -23,11 +25,12 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-pub use self::report::row_labels;
+pub use self::{filters::MATCHED_NOTHING, report::row_labels};
 use self::{
+    iperf::{run_clients, Load, Servers, Traffic},
     procs::{
-        check_interrupted, count_in_file, pause, run_clients, CaptureSpec, CaptureStats, Guarded,
-        Load, Running, Scratch, Servers, Tool, Traffic,
+        check_interrupted, count_in_file, pause, CaptureSpec, CaptureStats, Guarded, Running,
+        Scratch, Tool,
     },
     report::Report,
 };
@@ -205,6 +208,8 @@ pub fn run(opts: &Options) -> Result<String> {
     bench.udp(&mut report)?;
     eprintln!("bench: small buffers");
     bench.small_buffers(&mut report)?;
+    eprintln!("bench: filters matching nothing");
+    bench.filters(&mut report.filters)?;
     eprintln!("bench: time to first packet");
     bench.first_packet(&mut report)?;
 
@@ -279,12 +284,8 @@ impl<'a> Bench<'a> {
         let busy_start = self.wait_quiet()?;
         let running = match spec.tool {
             Tool::Nothing => None,
-            tool => {
-                let mut what = format!("{} -s {}", tool.name(), spec.snaplen);
-                if let Some(kib) = spec.buffer_kib {
-                    what += &format!(" -B {kib}");
-                }
-                self.note_command(&what, &argv);
+            _ => {
+                self.note_command(&spec.what(), &argv);
                 Some(Running::start(&argv)?)
             }
         };
@@ -294,7 +295,7 @@ impl<'a> Bench<'a> {
         let ns_ip = self.net.ns_ip.to_string();
         let clients: Vec<Vec<String>> = self.servers.ports[..usize::from(senders)]
             .iter()
-            .map(|&port| procs::client_argv(&ns_ip, port, secs, load, senders))
+            .map(|&port| iperf::client_argv(&ns_ip, port, secs, load, senders))
             .collect();
         let what = match load {
             Load::Tcp => "iperf3 TCP".to_string(),
@@ -519,6 +520,7 @@ impl<'a> Bench<'a> {
                     tool,
                     snaplen: UDP_SNAPLEN,
                     buffer_kib: Some(SMALL_BUFFER_KIB),
+                    filter: None,
                 };
                 let load = Load::Udp { len: 64, pps: 0 };
                 let r = self.run(s, load, senders, self.plan.udp_secs)?;
@@ -604,6 +606,7 @@ fn spec(tool: Tool, snaplen: u32) -> CaptureSpec {
         tool,
         snaplen,
         buffer_kib: None,
+        filter: None,
     }
 }
 

@@ -1,6 +1,6 @@
-//! The processes a benchmark run drives: the capture tool under test, the
-//! iperf3 servers in the namespace and iperf3 clients on the host, and what
-//! /proc says about them. Every child is killed when its handle drops.
+//! The processes a benchmark run drives (the capture tool under test; the
+//! iperf3 side is in `iperf`) and what /proc says about them. Every child is
+//! killed when its handle drops.
 
 use std::{
     collections::HashMap,
@@ -16,7 +16,8 @@ use std::{
 };
 
 use anyhow::{bail, ensure, Context, Result};
-use serde_json::Value;
+
+use super::filters::NoMatch;
 
 /// Set by SIGINT/SIGTERM/SIGHUP: every wait gives up, every guard cleans up.
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -203,16 +204,30 @@ impl Tool {
     }
 }
 
-/// How to run a tool: snapshot length and an optional buffer size in KiB
-/// (both tools' `-B` takes KiB).
+/// How to run a tool: snapshot length, an optional buffer size in KiB
+/// (both tools' `-B` takes KiB) and an optional filter expression.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct CaptureSpec {
     pub tool: Tool,
     pub snaplen: u32,
     pub buffer_kib: Option<u32>,
+    pub filter: Option<NoMatch>,
 }
 
 impl CaptureSpec {
+    /// Names the setup in the report's list of commands: one line per
+    /// distinct option set.
+    pub fn what(&self) -> String {
+        let mut what = format!("{} -s {}", self.tool.name(), self.snaplen);
+        if let Some(kib) = self.buffer_kib {
+            what += &format!(" -B {kib}");
+        }
+        if let Some(filter) = self.filter {
+            what += &format!(", {}", filter.label());
+        }
+        what
+    }
+
     /// The exact command line for `iface` and `file`.
     pub fn argv(&self, podtrace: &Path, iface: &str, file: &Path) -> Vec<String> {
         let mut argv: Vec<String> = match self.tool {
@@ -231,6 +246,10 @@ impl CaptureSpec {
         if let Some(kib) = self.buffer_kib {
             argv.extend(["-B".into(), kib.to_string()]);
         }
+        // The expression as trailing words, as tcpdump takes it.
+        if let Some(filter) = self.filter {
+            argv.extend(filter.words());
+        }
         argv
     }
 }
@@ -243,6 +262,9 @@ pub struct CaptureStats {
     /// Packets the tool says it lost (tcpdump: "dropped by kernel";
     /// podtrace: "lost in kernel").
     pub lost: u64,
+    /// Packets podtrace's filter rejected in the kernel ("F filtered"; only
+    /// printed when a filter ran).
+    pub filtered: Option<u64>,
     /// CPU time from "ready" until just before the stop signal.
     pub cpu: Duration,
     pub peak_rss_kib: u64,
@@ -312,25 +334,37 @@ impl Running {
         self.seen.extend(self.stderr.iter());
         let text = self.seen.join("\n");
         ensure!(status.success(), "capture tool failed ({status}): {text}");
-        let (captured, lost) = parse_counts(&text)
+        let counts = parse_counts(&text)
             .with_context(|| format!("no packet counts in the tool's output:\n{text}"))?;
         Ok(CaptureStats {
-            captured,
-            lost,
+            captured: counts.captured,
+            lost: counts.lost,
+            filtered: counts.filtered,
             cpu,
             peak_rss_kib,
         })
     }
 }
 
-/// (captured, lost) from tcpdump's or podtrace's closing lines.
-pub fn parse_counts(text: &str) -> Option<(u64, u64)> {
+/// The packet counts a tool prints when it stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    pub captured: u64,
+    pub lost: u64,
+    pub filtered: Option<u64>,
+}
+
+/// The counts in tcpdump's or podtrace's closing lines; podtrace's reads
+/// "N packets captured, F filtered, M lost in kernel" (", F filtered" only
+/// when a filter ran). tcpdump's "received by filter" is not a filtered count.
+pub fn parse_counts(text: &str) -> Option<Counts> {
     let number_before = |line: &str, words: &str| -> Option<u64> {
         let at = line.find(words)?;
         line[..at].split_whitespace().last()?.parse().ok()
     };
     let mut captured = None;
     let mut lost = None;
+    let mut filtered = None;
     for line in text.lines() {
         if let Some(n) = number_before(line, "packets captured") {
             captured = Some(n);
@@ -341,8 +375,15 @@ pub fn parse_counts(text: &str) -> Option<(u64, u64)> {
         if let Some(n) = number_before(line, "packets dropped by kernel") {
             lost = Some(n);
         }
+        if let Some(n) = number_before(line, " filtered") {
+            filtered = Some(n);
+        }
     }
-    Some((captured?, lost?))
+    Some(Counts {
+        captured: captured?,
+        lost: lost?,
+        filtered,
+    })
 }
 
 /// Packets in a pcap file matching a tcpdump filter (`tcpdump -r --count`).
@@ -443,152 +484,6 @@ pub fn foreign_cpu(before: &HashMap<u32, u64>, after: &HashMap<u32, u64>) -> f64
     ticks as f64 / hz
 }
 
-/// iperf3 servers in the namespace, one per port, for the whole benchmark.
-pub struct Servers {
-    children: Vec<Guarded>,
-    pub ports: Vec<u16>,
-}
-
-impl Servers {
-    pub fn start(netns: &str, ip: &str, first_port: u16, n: u16) -> Result<Self> {
-        let mut children = Vec::new();
-        let ports: Vec<u16> = (first_port..first_port + n).collect();
-        for port in &ports {
-            let mut cmd = Command::new("ip");
-            cmd.args(["netns", "exec", netns, "iperf3", "-s", "-B", ip, "-p"])
-                .arg(port.to_string())
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null());
-            children.push(Guarded::spawn(&mut cmd)?);
-        }
-        let servers = Self { children, ports };
-        servers.wait_listening(netns)?;
-        Ok(servers)
-    }
-
-    fn wait_listening(&self, netns: &str) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let ss = crate::sh(&["ip", "netns", "exec", netns, "ss", "-Htln"])?;
-            if self.ports.iter().all(|p| ss.contains(&format!(":{p} "))) {
-                return Ok(());
-            }
-            for child in &mut self.children.iter() {
-                ensure!(
-                    std::fs::metadata(format!("/proc/{}", child.pid())).is_ok(),
-                    "iperf3 server {} died",
-                    child.pid()
-                );
-            }
-            ensure!(Instant::now() < deadline, "iperf3 servers did not listen");
-            pause(Duration::from_millis(20))?;
-        }
-    }
-}
-
-/// One iperf3 client run, as its JSON reports it.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Traffic {
-    /// UDP datagrams the clients sent.
-    pub sent: u64,
-    /// UDP datagrams the servers received (sent minus what they counted lost).
-    pub received: u64,
-    pub seconds: f64,
-    /// Receiver's goodput (TCP).
-    pub bits_per_second: f64,
-}
-
-impl Traffic {
-    pub fn sent_pps(&self) -> f64 {
-        self.sent as f64 / self.seconds.max(1e-9)
-    }
-
-    pub fn received_pps(&self) -> f64 {
-        self.received as f64 / self.seconds.max(1e-9)
-    }
-}
-
-/// What the clients send.
-#[derive(Debug, Clone, Copy)]
-pub enum Load {
-    Tcp,
-    /// Datagrams of `len` bytes at `pps` per client in total (0: as fast as
-    /// the client can).
-    Udp {
-        len: u32,
-        pps: u64,
-    },
-}
-
-/// The iperf3 client command line for one server port.
-pub fn client_argv(server_ip: &str, port: u16, secs: u32, load: Load, clients: u16) -> Vec<String> {
-    let mut argv: Vec<String> = [
-        "iperf3",
-        "-c",
-        server_ip,
-        "-p",
-        &port.to_string(),
-        "-t",
-        &secs.to_string(),
-        "-J",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    if let Load::Udp { len, pps } = load {
-        let bits = pps * u64::from(len) * 8 / u64::from(clients);
-        argv.extend([
-            "-u".into(),
-            "-l".into(),
-            len.to_string(),
-            "-b".into(),
-            bits.to_string(),
-        ]);
-    }
-    argv
-}
-
-/// Runs one client per port at once and sums what they report.
-pub fn run_clients(argvs: &[Vec<String>], secs: u32) -> Result<Traffic> {
-    let mut children = Vec::new();
-    for argv in argvs {
-        let mut cmd = Command::new(&argv[0]);
-        cmd.args(&argv[1..])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = Guarded::spawn(&mut cmd)?;
-        let mut out = child.0.stdout.take().unwrap();
-        let reader = thread::spawn(move || {
-            let mut s = String::new();
-            let _ = out.read_to_string(&mut s);
-            s
-        });
-        children.push((child, reader));
-    }
-    let mut total = Traffic::default();
-    for (mut child, reader) in children {
-        let status = child.wait(Duration::from_secs(u64::from(secs) + 30))?;
-        let json = reader.join().unwrap_or_default();
-        let v: Value = serde_json::from_str(&json)
-            .with_context(|| format!("iperf3 printed no JSON ({status}): {json}"))?;
-        if let Some(err) = v.get("error") {
-            bail!("iperf3: {err}");
-        }
-        ensure!(status.success(), "iperf3 failed ({status})");
-        let end = &v["end"];
-        let num = |v: &Value| v.as_f64().unwrap_or(0.0);
-        let sent = &end["sum_sent"];
-        let received = &end["sum_received"];
-        total.sent += num(&sent["packets"]) as u64;
-        total.received += (num(&received["packets"]) - num(&received["lost_packets"])) as u64;
-        total.seconds = total.seconds.max(num(&sent["seconds"]));
-        total.bits_per_second += num(&received["bits_per_second"]);
-    }
-    Ok(total)
-}
-
 /// A scratch directory for capture files, removed on drop.
 pub struct Scratch(pub PathBuf);
 
@@ -612,28 +507,20 @@ mod tests {
 
     #[test]
     fn counts_from_both_tools() {
+        let counts = |captured, lost, filtered| {
+            Some(Counts {
+                captured,
+                lost,
+                filtered,
+            })
+        };
         let tcpdump = "tcpdump: listening on x\n1955171 packets captured\n1955171 packets received by filter\n7 packets dropped by kernel";
-        assert_eq!(parse_counts(tcpdump), Some((1955171, 7)));
+        assert_eq!(parse_counts(tcpdump), counts(1955171, 7, None));
         let podtrace = "podtrace: capturing on x\n2229421 packets captured, 3 lost in kernel";
-        assert_eq!(parse_counts(podtrace), Some((2229421, 3)));
+        assert_eq!(parse_counts(podtrace), counts(2229421, 3, None));
+        let filtered =
+            "podtrace: capturing on x\n0 packets captured, 812345 filtered, 0 lost in kernel";
+        assert_eq!(parse_counts(filtered), counts(0, 0, Some(812345)));
         assert_eq!(parse_counts("nothing"), None);
-    }
-
-    #[test]
-    fn udp_rate_is_split_between_clients() {
-        let argv = client_argv(
-            "10.0.0.2",
-            5201,
-            5,
-            Load::Udp {
-                len: 64,
-                pps: 100_000,
-            },
-            2,
-        );
-        let b = argv.iter().position(|a| a == "-b").unwrap();
-        assert_eq!(argv[b + 1], (50_000 * 64 * 8).to_string());
-        let argv = client_argv("10.0.0.2", 5201, 5, Load::Udp { len: 64, pps: 0 }, 1);
-        assert!(argv.ends_with(&["-b".to_string(), "0".to_string()]));
     }
 }

@@ -4,6 +4,7 @@
 use std::{collections::HashMap, fmt::Write as _, path::PathBuf, process::Command, time::Duration};
 
 use super::{
+    filters::{self, FilterResults},
     procs::{CaptureSpec, Tool},
     FirstPacket, LossFree, Options, Plan, RunResult, FULL, SENDERS, SMALL_BUFFER_KIB, UDP_LENS,
     UDP_SNAPLEN,
@@ -20,6 +21,7 @@ pub struct Report {
     pub loss_free: HashMap<UdpKey, Vec<LossFree>>,
     pub small: HashMap<Tool, Vec<RunResult>>,
     pub first_packet: HashMap<FirstPacket, Vec<Duration>>,
+    pub filters: FilterResults,
     pub commands: Vec<(String, String)>,
     pub retried: usize,
 }
@@ -38,6 +40,7 @@ fn tcp_spec(tool: Tool, snaplen: u32) -> CaptureSpec {
         tool,
         snaplen,
         buffer_kib: None,
+        filter: None,
     }
 }
 
@@ -90,6 +93,7 @@ pub fn row_labels() -> Vec<String> {
     }
     rows.extend([Tool::Tcpdump, Tool::Podtrace].map(small_label));
     rows.extend(FirstPacket::ALL.map(|w| first_packet_label(w).to_owned()));
+    rows.extend(filters::row_labels());
     rows.extend(GOALS.map(String::from));
     rows
 }
@@ -101,7 +105,7 @@ fn reported_equals_missing(r: &RunResult) -> bool {
         .is_some_and(|(c, m)| c.lost as i64 == m)
 }
 
-fn median(mut v: Vec<f64>) -> Option<f64> {
+pub(super) fn median(mut v: Vec<f64>) -> Option<f64> {
     if v.is_empty() {
         return None;
     }
@@ -114,11 +118,11 @@ fn median(mut v: Vec<f64>) -> Option<f64> {
     })
 }
 
-fn fmt_opt(v: Option<f64>, decimals: usize) -> String {
+pub(super) fn fmt_opt(v: Option<f64>, decimals: usize) -> String {
     v.map_or_else(|| "—".into(), |v| format!("{v:.decimals$}"))
 }
 
-fn runs_list(v: impl IntoIterator<Item = f64>, decimals: usize) -> String {
+pub(super) fn runs_list(v: impl IntoIterator<Item = f64>, decimals: usize) -> String {
     v.into_iter()
         .map(|x| format!("{x:.decimals$}"))
         .collect::<Vec<_>>()
@@ -175,6 +179,7 @@ impl Report {
             loss_free: HashMap::new(),
             small: HashMap::new(),
             first_packet: HashMap::new(),
+            filters: FilterResults::default(),
             commands: Vec::new(),
             retried: 0,
         }
@@ -250,6 +255,7 @@ impl Report {
         self.udp_table(&mut o);
         self.small_table(&mut o);
         self.first_packet_table(&mut o);
+        self.filters.render(&mut o, self.plan);
         self.goals(&mut o);
         let _ = write!(o, "\n{}", include_str!("notes.md"));
         o
@@ -302,6 +308,7 @@ impl Report {
             .chain(self.udp.values())
             .chain(self.small.values())
             .flatten()
+            .chain(self.filters.runs())
             .collect();
         let busy = all.iter().filter(|r| r.busy_start).count();
         let disturbed = all.iter().filter(|r| r.foreign_load > 0.10).count();
