@@ -6,6 +6,7 @@
 //! before the stop is lost.
 
 use std::{
+    collections::HashMap,
     path::Path,
     time::{Duration, Instant},
 };
@@ -228,7 +229,7 @@ pub async fn run(
             dropped: kernel.lost,
             filtered: kernel.filtered,
             started_ns,
-            captured_per_ifindex: state.per_ifindex.clone(),
+            captured_per_ifindex: state.per_ifindex.totals(),
         };
         match sink.finish(&stats) {
             Err(e) if e.is_broken_pipe() => {}
@@ -250,8 +251,37 @@ struct Drain {
     clock: Clock,
     captured: u64,
     bytes: u64,
-    per_ifindex: std::collections::HashMap<u32, u64>,
+    per_ifindex: PerIfindex,
     limit: u64,
+}
+
+/// Packets written per interface, for pcapng's statistics. Counted per run
+/// of records from one interface, so the map is not touched per packet.
+#[derive(Default)]
+struct PerIfindex {
+    done: HashMap<u32, u64>,
+    run: Option<(u32, u64)>,
+}
+
+impl PerIfindex {
+    fn add(&mut self, ifindex: u32) {
+        match &mut self.run {
+            Some((current, n)) if *current == ifindex => *n += 1,
+            run => {
+                if let Some((previous, n)) = run.replace((ifindex, 1)) {
+                    *self.done.entry(previous).or_default() += n;
+                }
+            }
+        }
+    }
+
+    fn totals(&self) -> HashMap<u32, u64> {
+        let mut totals = self.done.clone();
+        if let Some((ifindex, n)) = self.run {
+            *totals.entry(ifindex).or_default() += n;
+        }
+        totals
+    }
 }
 
 impl Drain {
@@ -294,7 +324,7 @@ impl Drain {
             }
             self.captured += 1;
             self.bytes += record.data.len() as u64;
-            *self.per_ifindex.entry(record.header.ifindex).or_default() += 1;
+            self.per_ifindex.add(record.header.ifindex);
             Ok(true)
         })?;
         if self.captured != before {
@@ -325,6 +355,16 @@ fn far_future() -> tokio::time::Instant {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn per_ifindex_counts_runs_and_switches() {
+        let mut counts = PerIfindex::default();
+        for ifindex in [3, 3, 7, 3, 3, 3, 7] {
+            counts.add(ifindex);
+        }
+        assert_eq!(counts.totals(), HashMap::from([(3, 5), (7, 2)]));
+        assert!(PerIfindex::default().totals().is_empty());
+    }
 
     #[test]
     fn summary_line_names_filtered_only_with_a_filter() {
