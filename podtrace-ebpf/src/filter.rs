@@ -1,19 +1,21 @@
 //! A classic-BPF interpreter: runs the tcpdump filter libpcap compiled (held
 //! in the `FILTER` map) on the packet, before anything is copied to the ring.
 //!
+//! This is the fallback engine: userspace first translates the filter to
+//! native eBPF (`podtrace/src/filter/translate.rs`, ~1 ns per instruction
+//! once JIT-compiled) and loads these programs without a filter; the
+//! interpreter runs what the verifier refuses translated, or what is too
+//! big for 16-bit jumps, and whatever `--filter-engine interpreter` asks for.
+//!
 //! Why an interpreter driven by `bpf_loop`, one cBPF instruction per
 //! callback: the verifier checks the callback body once, whatever the filter
 //! length (~23-32 k processed instructions here, the same for 20 or 4059
 //! cBPF instructions), so real-world filters of thousands of instructions
 //! load. A plain bounded loop is unrolled by the verifier and hits its 1 M
-//! instruction limit at ~16 cBPF instructions. Translating cBPF to native
-//! eBPF at load time would run several times faster per instruction, but
-//! podtrace would have to generate, verify-proof and load a second program
-//! with raw syscalls and chain to it by tail call (aya loads ELF objects
-//! only), and its verifier cost would grow with the filter. Measured here
-//! with BPF_PROG_TEST_RUN on a 64-byte UDP frame (egress program): ~100-120
-//! ns per packet for a filter rejecting after 3 instructions, ~210 ns after
-//! 12 (`udp port 9`), ~650 ns after 67 (a 31-host list), so ~8-11 ns per
+//! instruction limit at ~16 cBPF instructions. Measured here with
+//! BPF_PROG_TEST_RUN on a 64-byte UDP frame (egress program): ~100-120 ns
+//! per packet for a filter rejecting after 3 instructions, ~210 ns after 12
+//! (`udp port 9`), ~650 ns after 67 (a 31-host list), so ~8-11 ns per
 //! interpreted instruction; capturing that frame with no filter, ~90 ns.
 //!
 //! Semantics are those of libpcap's `bpf_filter()` (what `tcpdump -r` runs):

@@ -529,19 +529,27 @@ impl Translator {
     /// Accepted packets go on to the capture program, which counts them;
     /// rejected ones are counted here. Either way the verdict is TCX_NEXT.
     fn epilogue(&mut self) {
-        self.bind(Label::Accept);
-        self.emit(ALU64 | MOV | SRC_X, R1, SKB, 0, 0);
-        self.ld_map_fd(R2, self.maps.capture);
-        self.mov32_k(R3, self.opts.slot);
-        self.call(HELPER_TAIL_CALL);
-        // Only reached if the tail call failed: the packet is lost.
-        self.count(COUNTER_SEEN);
-        self.count(COUNTER_LOST);
-        self.exit_next();
-        self.bind(Label::Reject);
-        self.count(COUNTER_SEEN);
-        self.count(COUNTER_FILTERED);
-        self.exit_next();
+        // The verifier refuses unreachable code: a filter that accepts
+        // everything has no reject path, one that rejects everything no
+        // accept path.
+        let wanted = |t: &Self, label| t.fixups.iter().any(|(_, l)| *l == label);
+        if wanted(self, Label::Accept) {
+            self.bind(Label::Accept);
+            self.emit(ALU64 | MOV | SRC_X, R1, SKB, 0, 0);
+            self.ld_map_fd(R2, self.maps.capture);
+            self.mov32_k(R3, self.opts.slot);
+            self.call(HELPER_TAIL_CALL);
+            // Only reached if the tail call failed: the packet is lost.
+            self.count(COUNTER_SEEN);
+            self.count(COUNTER_LOST);
+            self.exit_next();
+        }
+        if wanted(self, Label::Reject) {
+            self.bind(Label::Reject);
+            self.count(COUNTER_SEEN);
+            self.count(COUNTER_FILTERED);
+            self.exit_next();
+        }
     }
 
     fn finish(mut self) -> Result<Vec<Insn>, TranslateError> {

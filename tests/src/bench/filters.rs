@@ -115,6 +115,8 @@ pub struct FilterResults {
     pub udp: HashMap<CaptureSpec, Vec<RunResult>>,
     /// Each filter's length in cBPF instructions (`podtrace capture -d`).
     pub insns: HashMap<NoMatch, usize>,
+    /// Table 5c.
+    pub cost: super::filter_cost::Costs,
 }
 
 const NOTHING: CaptureSpec = CaptureSpec {
@@ -198,6 +200,7 @@ impl Bench<'_> {
             eprintln!("bench:   {}: {n} cBPF instructions", filter.label());
             out.insns.insert(filter, n);
         }
+        out.cost = super::filter_cost::measure(self.opts.quick)?;
         let long = out.insns[&NoMatch::Long];
         ensure!(
             long >= LONG_MIN_INSNS,
@@ -387,6 +390,7 @@ impl FilterResults {
         );
         self.tcp_table(o, plan);
         self.udp_table(o, plan);
+        super::filter_cost::render(&self.cost, o);
         self.goals(o);
     }
 
@@ -448,7 +452,7 @@ impl FilterResults {
     fn goals(&self, o: &mut String) {
         let _ = writeln!(
             o,
-            "\n### 5c. Goals (issue 6), from the medians above\n\n\
+            "\n### 5d. Goals (issue 6), from the medians above\n\n\
              The spike's figures (an interpreter measured on this machine before podtrace had \
              filters, not re-run here) are the bar: \"met\" means this run beat them.\n\n\
              | goal | measured | met |\n|---|---|---|"
@@ -522,7 +526,10 @@ mod tests {
         assert_eq!(&words[..3], ["--filter-engine", "native", "--"]);
         assert_eq!(words.len(), 3 + 3 * LONG_HOSTS as usize - 1);
         assert_eq!(NoMatch::LongInterpreted.words()[1], "interpreter");
-        assert_eq!(NoMatch::LongInterpreted.expression(), NoMatch::Long.expression());
+        assert_eq!(
+            NoMatch::LongInterpreted.expression(),
+            NoMatch::Long.expression()
+        );
         assert!(!NoMatch::Long.expression().contains("10.246."));
     }
 

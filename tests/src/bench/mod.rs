@@ -11,6 +11,7 @@
 //! compared with what iperf3 sent (datagrams of the test's exact length to
 //! the test's ports, so iperf3's own control packets are not counted).
 
+mod filter_cost;
 mod filters;
 mod iperf;
 mod procs;

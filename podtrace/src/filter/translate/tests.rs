@@ -49,6 +49,30 @@ fn assert_well_formed(prog: &[Insn]) {
         }
     }
     assert_eq!(prog.last().map(|i| i.code), Some(JMP | EXIT));
+    // And every instruction is reachable: the verifier refuses dead code.
+    let mut reached = vec![false; prog.len()];
+    let mut todo = vec![0usize];
+    while let Some(at) = todo.pop() {
+        if std::mem::replace(&mut reached[at], true) {
+            continue;
+        }
+        let i = prog[at];
+        let (class, op) = (i.code & 0x07, i.code & 0xf0);
+        let target = (at as i64 + 1 + i64::from(i.off)) as usize;
+        match (class, op) {
+            (JMP, EXIT) => {}
+            (JMP, JA) => todo.push(target),
+            (JMP | JMP32, CALL) => todo.push(at + 1),
+            (JMP | JMP32, _) => todo.extend([at + 1, target]),
+            _ if i.code == LD_IMM64 => {
+                reached[at + 1] = true;
+                todo.push(at + 2);
+            }
+            _ => todo.push(at + 1),
+        }
+    }
+    let dead: Vec<usize> = (0..prog.len()).filter(|&at| !reached[at]).collect();
+    assert!(dead.is_empty(), "unreachable: {dead:?}");
 }
 
 fn count_calls(prog: &[Insn], helper: i32) -> usize {
@@ -77,6 +101,15 @@ fn real_filters_are_well_formed() {
             .unwrap();
         let slot = prog[call - 1];
         assert_eq!((slot.code, slot.regs, slot.imm), (ALU | MOV, R3, 1));
+    }
+}
+
+#[test]
+fn constant_verdicts_have_no_dead_paths() {
+    for k in [0, 1, 262144] {
+        let prog = translate(&[insn(0x06, 0, 0, k)], MAPS, opts()).unwrap();
+        assert_well_formed(&prog);
+        assert_eq!(count_calls(&prog, HELPER_TAIL_CALL), usize::from(k != 0));
     }
 }
 
