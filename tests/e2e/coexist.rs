@@ -198,8 +198,9 @@ pub fn clsact_mode_keeps_foreign_filters() -> Result<()> {
     assert_released(&done, &net.host_if)
 }
 
+/// One of podtrace's cls_bpf filters (capture or translated filter program).
 fn capture_uses_clsact(iface: &str) -> Result<bool> {
-    Ok(tc_filters(iface)?.contains("podtrace_ingress"))
+    Ok(tc_filters(iface)?.contains("podtrace_"))
 }
 
 pub fn sigkill_leaves_nothing_attached_tcx() -> Result<()> {
@@ -216,10 +217,12 @@ pub fn sigkill_leaves_nothing_attached_tcx() -> Result<()> {
     Ok(())
 }
 
-/// A killed podtrace cannot remove a clsact filter; the next start does.
+/// A killed podtrace cannot remove a clsact filter; the next start does,
+/// whether the killed one attached its capture programs or, with a capture
+/// filter, the translated filter programs in front of them.
 pub fn sigkill_clsact_cleaned_by_next_start() -> Result<()> {
     let net = TestNet::new()?;
-    let args = [
+    let base = [
         "capture",
         "-i",
         &net.host_if,
@@ -228,19 +231,23 @@ pub fn sigkill_clsact_cleaned_by_next_start() -> Result<()> {
         "-w",
         "/dev/null",
     ];
-    let killed = Capture::start(&args)?.stop(libc::SIGKILL)?;
-    ensure!(
-        capture_uses_clsact(&net.host_if)?,
-        "expected the killed run's filter to remain"
-    );
-    let done = Capture::start(&args)?.stop(libc::SIGINT)?;
-    ensure!(done.status.success(), "{}", done.stderr);
-    let filters = tc_filters(&net.host_if)?;
-    ensure!(
-        !filters.contains("podtrace"),
-        "stale filter not cleaned:\n{filters}"
-    );
-    assert_released(&done, &net.host_if)?;
-    // The killed run's program was held only by its filter, now removed.
-    assert_released(&killed, &net.host_if)
+    let with_filter = [&base[..], &["--filter-engine", "native", "--", "udp"]].concat();
+    for (killed_args, next_args) in [(&base[..], &base[..]), (&with_filter[..], &base[..])] {
+        let killed = Capture::start(killed_args)?.stop(libc::SIGKILL)?;
+        ensure!(
+            capture_uses_clsact(&net.host_if)?,
+            "expected the killed run's filter to remain ({killed_args:?})"
+        );
+        let done = Capture::start(next_args)?.stop(libc::SIGINT)?;
+        ensure!(done.status.success(), "{}", done.stderr);
+        let filters = tc_filters(&net.host_if)?;
+        ensure!(
+            !filters.contains("podtrace"),
+            "stale filter not cleaned after {killed_args:?}:\n{filters}"
+        );
+        assert_released(&done, &net.host_if)?;
+        // The killed run's programs were held only by its filter, now removed.
+        assert_released(&killed, &net.host_if)?;
+    }
+    Ok(())
 }
