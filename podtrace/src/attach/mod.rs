@@ -8,14 +8,10 @@
 
 mod native;
 
-use std::{
-    collections::HashMap,
-    io,
-    os::fd::{AsFd, AsRawFd},
-};
+use std::{collections::HashMap, io};
 
 use aya::{
-    maps::{Array, Map, MapData, PerCpuArray, ProgramArray, RingBuf},
+    maps::{Array, MapData, PerCpuArray, RingBuf},
     programs::{
         links::LinkOrder,
         tc::{self, NlOptions, SchedClassifierLinkId, TcAttachOptions},
@@ -26,10 +22,7 @@ use aya::{
 use podtrace_common::{FilterInsn, COUNTER_FILTERED, COUNTER_LOST, COUNTER_SEEN};
 
 pub use self::native::test_run;
-use crate::{
-    filter::translate::{self, Maps},
-    link::HostLink,
-};
+use crate::link::HostLink;
 
 /// The compiled eBPF object, built by `cargo xtask build-ebpf`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("PODTRACE_EBPF_OBJECT"));
@@ -153,18 +146,12 @@ struct Attached {
     id: SchedClassifierLinkId,
 }
 
-/// The translated filter programs, in front of the capture programs.
-struct FilterPrograms {
-    ingress: SchedClassifier,
-    egress: SchedClassifier,
-}
-
 /// The loaded programs and where they are attached. Dropping it detaches all.
 pub struct Programs {
     ebpf: Ebpf,
     attached: Vec<Attached>,
     counters: PerCpuArray<MapData, u64>,
-    filters: Option<FilterPrograms>,
+    filters: Option<native::FilterPrograms>,
     /// Whether the filter runs translated or interpreted (None: no filter).
     pub engine_used: Option<FilterEngine>,
     /// Interfaces by ifindex, for records and statistics.
@@ -235,8 +222,9 @@ impl Programs {
             }
         }
         let filters = if translated {
-            let filters = load_filter_programs(&mut ebpf, opts.filter, opts.slow_loads_only)
-                .map_err(|e| AttachError::Translate(error_chain(&e)))?;
+            let filters =
+                native::load_filter_programs(&mut ebpf, opts.filter, opts.slow_loads_only)
+                    .map_err(|e| AttachError::Translate(error_chain(&e)))?;
             Some(filters)
         } else {
             None
@@ -387,54 +375,6 @@ impl Drop for Programs {
     fn drop(&mut self) {
         self.detach_all();
     }
-}
-
-/// Translates the filter into one program per hook that tail-calls the
-/// capture programs, which go into `CAPTURE` first.
-fn load_filter_programs(
-    ebpf: &mut Ebpf,
-    filter: &[FilterInsn],
-    slow_loads_only: bool,
-) -> Result<FilterPrograms, native::NativeError> {
-    let missing = |what: &str| native::NativeError::Lookup(format!("{what} is missing"));
-    let map_fd = |name: &str| match ebpf.map(name) {
-        Some(Map::ProgramArray(data) | Map::PerCpuArray(data)) => Ok(data.fd().as_fd().as_raw_fd()),
-        _ => Err(missing(name)),
-    };
-    let maps = Maps {
-        capture: map_fd("CAPTURE")?,
-        counters: map_fd("COUNTERS")?,
-    };
-    let direct_max = if slow_loads_only {
-        0
-    } else {
-        translate::Options::DIRECT_MAX
-    };
-    let load = |slot, name| {
-        let opts = translate::Options { slot, direct_max };
-        native::load(filter, maps, opts, name)
-    };
-    let ingress = load(0, native::INGRESS_NAME)?;
-    let egress = load(1, native::EGRESS_NAME)?;
-    let mut fds = Vec::new();
-    for name in [INGRESS_PROGRAM, EGRESS_PROGRAM] {
-        let prog: &SchedClassifier = ebpf
-            .program(name)
-            .and_then(|p| p.try_into().ok())
-            .ok_or_else(|| missing(name))?;
-        let fd = prog.fd().and_then(|fd| fd.try_clone().map_err(Into::into));
-        fds.push(fd.map_err(|e| native::NativeError::Lookup(e.to_string()))?);
-    }
-    let mut slots: ProgramArray<_> = ebpf
-        .map_mut("CAPTURE")
-        .and_then(|m| ProgramArray::try_from(m).ok())
-        .ok_or_else(|| missing("CAPTURE"))?;
-    for (slot, fd) in fds.iter().enumerate() {
-        slots
-            .set(slot as u32, fd, 0)
-            .map_err(|e| native::NativeError::Lookup(error_chain(&e)))?;
-    }
-    Ok(FilterPrograms { ingress, egress })
 }
 
 fn attach_clsact(

@@ -9,9 +9,14 @@ use std::{
     os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
 };
 
-use aya::programs::{loaded_programs, SchedClassifier};
+use aya::{
+    maps::{Map, ProgramArray},
+    programs::{loaded_programs, SchedClassifier},
+    Ebpf,
+};
 use podtrace_common::FilterInsn;
 
+use super::{error_chain, EGRESS_PROGRAM, INGRESS_PROGRAM};
 use crate::filter::translate::{self, Insn, Maps, Options, TranslateError};
 
 /// Kernel name of the filter programs (15 characters at most).
@@ -19,6 +24,12 @@ pub const KERNEL_NAME: &str = "podtrace_filter";
 /// Names of their cls_bpf filters in clsact mode, by hook.
 pub const INGRESS_NAME: &str = "podtrace_filter_ingress";
 pub const EGRESS_NAME: &str = "podtrace_filter_egress";
+
+/// The translated filter programs, in front of the capture programs.
+pub(super) struct FilterPrograms {
+    pub ingress: SchedClassifier,
+    pub egress: SchedClassifier,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum NativeError {
@@ -57,6 +68,54 @@ pub fn load(
     }
     SchedClassifier::from_program_info(info, Cow::Borrowed(name))
         .map_err(|e| NativeError::Lookup(e.to_string()))
+}
+
+/// Translates the filter into one program per hook that tail-calls the
+/// capture programs, which go into `CAPTURE` first.
+pub(super) fn load_filter_programs(
+    ebpf: &mut Ebpf,
+    filter: &[FilterInsn],
+    slow_loads_only: bool,
+) -> Result<FilterPrograms, NativeError> {
+    let missing = |what: &str| NativeError::Lookup(format!("{what} is missing"));
+    let map_fd = |name: &str| match ebpf.map(name) {
+        Some(Map::ProgramArray(data) | Map::PerCpuArray(data)) => Ok(data.fd().as_fd().as_raw_fd()),
+        _ => Err(missing(name)),
+    };
+    let maps = Maps {
+        capture: map_fd("CAPTURE")?,
+        counters: map_fd("COUNTERS")?,
+    };
+    let direct_max = if slow_loads_only {
+        0
+    } else {
+        translate::Options::DIRECT_MAX
+    };
+    let load = |slot, name| {
+        let opts = translate::Options { slot, direct_max };
+        load(filter, maps, opts, name)
+    };
+    let ingress = load(0, INGRESS_NAME)?;
+    let egress = load(1, EGRESS_NAME)?;
+    let mut fds = Vec::new();
+    for name in [INGRESS_PROGRAM, EGRESS_PROGRAM] {
+        let prog: &SchedClassifier = ebpf
+            .program(name)
+            .and_then(|p| p.try_into().ok())
+            .ok_or_else(|| missing(name))?;
+        let fd = prog.fd().and_then(|fd| fd.try_clone().map_err(Into::into));
+        fds.push(fd.map_err(|e| NativeError::Lookup(e.to_string()))?);
+    }
+    let mut slots: ProgramArray<_> = ebpf
+        .map_mut("CAPTURE")
+        .and_then(|m| ProgramArray::try_from(m).ok())
+        .ok_or_else(|| missing("CAPTURE"))?;
+    for (slot, fd) in fds.iter().enumerate() {
+        slots
+            .set(slot as u32, fd, 0)
+            .map_err(|e| NativeError::Lookup(error_chain(&e)))?;
+    }
+    Ok(FilterPrograms { ingress, egress })
 }
 
 const BPF_PROG_LOAD: libc::c_long = 5;
