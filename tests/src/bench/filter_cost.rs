@@ -91,11 +91,7 @@ pub fn measure(quick: bool) -> Result<Costs> {
         NoMatch::LongInterpreted,
     ] {
         let compiled = filter::compile(&f.expression(), 262_144)?;
-        let engine = match f.engine() {
-            "native" => FilterEngine::Native,
-            _ => FilterEngine::Interpreter,
-        };
-        rows.push((f.label(), compiled.insns, engine));
+        rows.push((f.label(), compiled.insns, f.engine()));
     }
     let rows = rows
         .into_iter()

@@ -12,6 +12,7 @@
 use std::{collections::HashMap, fmt::Write as _, process::Command, time::Duration};
 
 use anyhow::{ensure, Result};
+use podtrace::attach::FilterEngine;
 
 use super::{
     iperf::Load,
@@ -70,11 +71,19 @@ impl NoMatch {
         }
     }
 
-    /// podtrace's `--filter-engine`.
-    pub fn engine(self) -> &'static str {
+    /// The kernel engine this runs with.
+    pub fn engine(self) -> FilterEngine {
         match self {
-            Self::Short | Self::Long => "native",
-            Self::ShortInterpreted | Self::LongInterpreted => "interpreter",
+            Self::Short | Self::Long => FilterEngine::Native,
+            Self::ShortInterpreted | Self::LongInterpreted => FilterEngine::Interpreter,
+        }
+    }
+
+    /// podtrace's `--filter-engine` value for [`Self::engine`].
+    fn engine_arg(self) -> &'static str {
+        match self.engine() {
+            FilterEngine::Interpreter => "interpreter",
+            _ => "native",
         }
     }
 
@@ -91,7 +100,11 @@ impl NoMatch {
     /// The engine option and the expression as trailing command-line words
     /// (`native` fails rather than fall back to the interpreter).
     pub fn words(self) -> Vec<String> {
-        let mut words = vec!["--filter-engine".into(), self.engine().into(), "--".into()];
+        let mut words = vec![
+            "--filter-engine".into(),
+            self.engine_arg().into(),
+            "--".into(),
+        ];
         words.extend(self.expression().split_whitespace().map(String::from));
         words
     }
@@ -526,6 +539,7 @@ mod tests {
         assert_eq!(&words[..3], ["--filter-engine", "native", "--"]);
         assert_eq!(words.len(), 3 + 3 * LONG_HOSTS as usize - 1);
         assert_eq!(NoMatch::LongInterpreted.words()[1], "interpreter");
+        assert_eq!(NoMatch::LongInterpreted.engine(), FilterEngine::Interpreter);
         assert_eq!(
             NoMatch::LongInterpreted.expression(),
             NoMatch::Long.expression()
