@@ -34,8 +34,10 @@ pub const RECORD_HEADER_LEN: usize = core::mem::size_of::<RecordHeader>();
 /// super-packets of up to 64 KiB, so this matches that, as tcpdump's would.
 pub const MAX_CAPLEN: u32 = 65535;
 
-/// Index in the per-CPU counter array: packets the programs saw.
-pub const COUNTER_SEEN: u32 = 0;
+/// Index in the per-CPU counter array: packets the filter let through (all
+/// of them without a filter). Packets seen = passed + filtered: a rejected
+/// packet bumps one counter only.
+pub const COUNTER_PASSED: u32 = 0;
 /// Packets that could not be delivered to userspace (ring full).
 pub const COUNTER_LOST: u32 = 1;
 /// Packets rejected by the capture filter.

@@ -37,7 +37,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use podtrace_common::{
-    RecordHeader, COUNTERS_LEN, COUNTER_FILTERED, COUNTER_LOST, COUNTER_SEEN, HOOK_EGRESS,
+    RecordHeader, COUNTERS_LEN, COUNTER_FILTERED, COUNTER_LOST, COUNTER_PASSED, HOOK_EGRESS,
     HOOK_INGRESS, MAX_CAPLEN, RECORD_HEADER_LEN,
 };
 
@@ -88,7 +88,6 @@ fn count(index: u32) {
 
 #[inline(always)]
 fn capture(ctx: &TcContext, hook: u8) {
-    count(COUNTER_SEEN);
     let len = ctx.len();
     // SAFETY: a read-only global; volatile so the compiler cannot fold the
     // default (the verifier does fold the loader's value).
@@ -103,6 +102,7 @@ fn capture(ctx: &TcContext, hook: u8) {
         count(COUNTER_FILTERED);
         return;
     }
+    count(COUNTER_PASSED);
     if try_capture(ctx, hook, len, keep).is_err() {
         count(COUNTER_LOST);
     }

@@ -19,7 +19,7 @@ use aya::{
     },
     Ebpf, EbpfLoader,
 };
-use podtrace_common::{FilterInsn, COUNTER_FILTERED, COUNTER_LOST, COUNTER_SEEN};
+use podtrace_common::{FilterInsn, COUNTER_FILTERED, COUNTER_LOST, COUNTER_PASSED};
 
 pub use self::native::test_run;
 use crate::link::HostLink;
@@ -364,7 +364,7 @@ impl Programs {
                 .unwrap_or(0)
         };
         KernelCounters {
-            seen: sum(COUNTER_SEEN),
+            seen: sum(COUNTER_PASSED) + sum(COUNTER_FILTERED),
             lost: sum(COUNTER_LOST),
             filtered: sum(COUNTER_FILTERED),
         }

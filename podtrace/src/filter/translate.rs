@@ -22,7 +22,9 @@
 //! r1-r5 scratch. Stack: the counter key at -8, the slow-load buffer at -16,
 //! `M[0..16]` below that.
 
-use podtrace_common::{FilterInsn, COUNTER_FILTERED, COUNTER_LOST, COUNTER_SEEN, FILTER_MEMWORDS};
+use podtrace_common::{
+    FilterInsn, COUNTER_FILTERED, COUNTER_LOST, COUNTER_PASSED, FILTER_MEMWORDS,
+};
 
 /// One eBPF instruction, `struct bpf_insn`: registers packed dst (low
 /// nibble) and src (high nibble), as on a little-endian host.
@@ -541,13 +543,12 @@ impl Translator {
             self.mov32_k(R3, self.opts.slot);
             self.call(HELPER_TAIL_CALL);
             // Only reached if the tail call failed: the packet is lost.
-            self.count(COUNTER_SEEN);
+            self.count(COUNTER_PASSED);
             self.count(COUNTER_LOST);
             self.exit_next();
         }
         if wanted(self, Label::Reject) {
             self.bind(Label::Reject);
-            self.count(COUNTER_SEEN);
             self.count(COUNTER_FILTERED);
             self.exit_next();
         }

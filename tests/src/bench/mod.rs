@@ -16,6 +16,7 @@ mod filters;
 mod iperf;
 mod procs;
 mod report;
+mod tcp_turns;
 
 use std::{
     net::UdpSocket,

@@ -5,6 +5,8 @@
 //! programs already put in the ring, then flush. Nothing the programs saw
 //! before the stop is lost.
 
+mod pace;
+
 use std::{
     collections::HashMap,
     path::Path,
@@ -13,9 +15,10 @@ use std::{
 
 use tokio::{
     signal::unix::{signal, SignalKind},
-    time::{interval, sleep_until, MissedTickBehavior},
+    time::sleep_until,
 };
 
+use self::pace::DrainPace;
 use crate::{
     attach::{
         AttachError, DirectionFilter, FilterEngine, Hooks, KernelCounters, LoadOptions, Programs,
@@ -28,12 +31,6 @@ use crate::{
     sink::{self, Interface, Output, Packet, Sink, SinkError, SinkOptions, Stats},
 };
 
-/// How often the ring is drained when the kernel does not wake us. Each
-/// wakeup has a fixed cost (a cold cache, mostly): at 300 kpps a 10 ms tick
-/// cost ~60 ns of CPU per packet, 30 ms ~52 ns, longer no better (see
-/// BENCHMARKS.md). The programs force a wakeup once the ring is a quarter
-/// full, so a burst never waits for the tick.
-const DRAIN_INTERVAL: Duration = Duration::from_millis(30);
 /// How often we check that the captured interfaces still exist.
 const LINK_CHECK_INTERVAL: Duration = Duration::from_millis(500);
 
@@ -176,13 +173,13 @@ pub async fn run(
     };
     let mut progress = Progress::new(plan.sink.output != Output::Text);
     let deadline = plan.duration.map(|d| tokio::time::Instant::now() + d);
-    let mut tick = interval(DRAIN_INTERVAL);
-    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut pace = DrainPace::default();
+    let mut next_drain = tokio::time::Instant::now() + pace::BUSY;
     let mut last_link_check = Instant::now();
 
     let outcome: Result<StopReason, SinkError> = loop {
         tokio::select! {
-            _ = tick.tick() => {}
+            _ = sleep_until(next_drain) => {}
             ready = reader.readable() => ready.map_err(CaptureError::Ring)?,
             _ = sigint.recv() => break Ok(StopReason::Signal("SIGINT")),
             _ = sigterm.recv() => break Ok(StopReason::Signal("SIGTERM")),
@@ -190,8 +187,9 @@ pub async fn run(
                 break Ok(StopReason::Duration)
             }
         }
-        if let Err(e) = state.drain(&mut reader, &programs, sink.as_mut()) {
-            break Err(e);
+        match state.drain(&mut reader, &programs, sink.as_mut()) {
+            Ok(records) => next_drain = tokio::time::Instant::now() + pace.after(records),
+            Err(e) => break Err(e),
         }
         if state.captured >= state.limit {
             break Ok(StopReason::Count);
@@ -213,7 +211,7 @@ pub async fn run(
         // Whatever the programs put in the ring before detaching still counts.
         Ok(reason) => state
             .drain(&mut reader, &programs, sink.as_mut())
-            .map(|()| reason),
+            .map(|_| reason),
         Err(e) => Err(e),
     };
     let reason = match outcome {
@@ -290,9 +288,9 @@ impl Drain {
         reader: &mut RingReader,
         programs: &Programs,
         sink: &mut dyn Sink,
-    ) -> Result<(), SinkError> {
+    ) -> Result<u64, SinkError> {
         let before = self.captured;
-        reader.drain(|record| {
+        let records = reader.drain(|record| {
             if self.captured >= self.limit {
                 return Ok(false);
             }
@@ -330,7 +328,7 @@ impl Drain {
         if self.captured != before {
             sink.flush()?;
         }
-        Ok(())
+        Ok(records)
     }
 }
 
