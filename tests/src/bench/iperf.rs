@@ -37,6 +37,12 @@ impl Servers {
         Ok(servers)
     }
 
+    /// The server process listening on the `n`th port (`ip netns exec`
+    /// execs iperf3, so the pid is iperf3's).
+    pub fn pid(&self, n: usize) -> u32 {
+        self.children[n].pid()
+    }
+
     fn wait_listening(&self, netns: &str) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {

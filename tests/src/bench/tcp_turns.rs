@@ -8,7 +8,10 @@
 //! next (the host's other guests; which CPU the scheduler puts the client
 //! and server on). Within seconds it drifts much less, so comparing
 //! neighbours cancels the drift, and many short turns give a median that
-//! means something at the 1% level. Intervals while podtrace starts
+//! means something at the 1% level. The client and the server are pinned
+//! to different CPUs: left to the scheduler, a stream flips between ~35
+//! and ~27 Gbit/s as the two land on one CPU or two, and podtrace's start
+//! or stop could flip it. Intervals while podtrace starts
 //! (loading and verifying its programs) or stops are left out: that is not
 //! the filter's cost.
 
@@ -30,7 +33,7 @@ use super::{
 };
 
 /// iperf3's report interval (`-i`), seconds.
-const INTERVAL: f64 = 0.5;
+const INTERVAL: f64 = 0.25;
 /// The stream's first seconds are left out (TCP slow start).
 const WARMUP: f64 = 1.5;
 /// Left out after podtrace says it captures, and after it exits.
@@ -54,11 +57,13 @@ impl TurnsPlan {
                 off: Duration::from_secs(2),
             }
         } else {
-            // ~9 s a turn with podtrace's start and stop: ~4 minutes.
+            // ~7 s a turn with podtrace's start and stop: ~4.5 minutes.
+            // Shorter turns follow the drift more closely, more of them
+            // narrow the median's confidence interval.
             Self {
-                turns: 26,
-                on: Duration::from_secs(4),
-                off: Duration::from_secs(4),
+                turns: 40,
+                on: Duration::from_secs(3),
+                off: Duration::from_secs(3),
             }
         }
     }
@@ -149,7 +154,7 @@ impl Turns {
 }
 
 /// An interval line of iperf3's text output (`-f m`), e.g.
-/// `[  5]   0.50-1.00   sec  1.51 GBytes  26048 Mbits/sec  225    424 KBytes`;
+/// `[  5]   0.50-0.75   sec   776 MBytes  26048 Mbits/sec  225    424 KBytes`;
 /// not the summary lines, which end in "sender" or "receiver".
 pub fn parse_interval(line: &str) -> Option<Interval> {
     if line.contains("sender") || line.contains("receiver") {
@@ -230,15 +235,44 @@ fn steal_ticks() -> Result<u64> {
 impl Bench<'_> {
     /// One iperf3 stream; `spec` started and stopped `plan.turns` times
     /// while it runs, detached for `plan.off` before, between and after.
+    /// The client on CPU 0, the server on the last CPU, for the turns.
     pub(super) fn tcp_turns(&mut self, spec: CaptureSpec, plan: TurnsPlan) -> Result<Turns> {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if cpus < 2 {
+            return self.stream_in_turns(spec, plan, false);
+        }
+        let server_cpu = (cpus - 1).to_string();
+        let server = self.servers.pid(0).to_string();
+        let pin_server = ["taskset", "-a", "-p", "-c", &server_cpu, &server];
+        self.note_command(
+            "pin the iperf3 server (for the TCP turns only)",
+            &pin_server.map(String::from),
+        );
+        crate::sh(&pin_server)?;
+        let result = self.stream_in_turns(spec, plan, true);
+        let all = format!("0-{}", cpus - 1);
+        crate::sh(&["taskset", "-a", "-p", "-c", &all, &server])?;
+        result
+    }
+
+    fn stream_in_turns(
+        &mut self,
+        spec: CaptureSpec,
+        plan: TurnsPlan,
+        pinned: bool,
+    ) -> Result<Turns> {
         let file = self.scratch.0.join("turns.pcap");
         let argv = spec.argv(&self.opts.podtrace, &self.net.host_if, &file);
         self.note_command(&spec.what(), &argv);
         // Long enough for the turns with slow starts; stopped after them.
         let per_turn = plan.on + plan.off + Duration::from_secs(3);
         let secs = (WARMUP + 5.0 + (plan.off + per_turn * plan.turns as u32).as_secs_f64()).ceil();
-        let client = [
-            "iperf3".to_string(),
+        let mut client: Vec<String> = Vec::new();
+        if pinned {
+            client.extend(["taskset", "-c", "0"].map(String::from));
+        }
+        client.extend([
+            "iperf3".into(),
             "-c".into(),
             self.net.ns_ip.to_string(),
             "-p".into(),
@@ -250,8 +284,11 @@ impl Bench<'_> {
             "--forceflush".into(),
             "-f".into(),
             "m".into(),
-        ];
-        self.note_command("iperf3 TCP, one long stream, reports every 0.5 s", &client);
+        ]);
+        self.note_command(
+            &format!("iperf3 TCP, one long stream, reports every {INTERVAL} s"),
+            &client,
+        );
         self.wait_quiet()?;
 
         let steal_before = steal_ticks()?;
@@ -337,7 +374,8 @@ pub fn render(t: &Turns, o: &mut String) {
          detached in turns\n\n\
          Separate runs (table 5a) differ by more than the 1% goal on this VM, so the goal is \
          measured inside one stream instead: podtrace is started, left attached for {on} s, \
-         stopped, and left off for {off} s, {turns} times, while iperf3 reports every {INTERVAL} s. \
+         stopped, and left off for {off} s, {turns} times, while iperf3 reports every {INTERVAL} s \
+         (client and server pinned to different CPUs, podtrace not). \
          Each turn's mean attached rate is divided by the mean detached rate of the stretches \
          just before and after it, so the slow drift of the stream cancels. Intervals touching \
          podtrace's start (loading and verifying its programs) or exit, and the stream's first \
@@ -401,12 +439,12 @@ mod tests {
     #[test]
     fn parses_iperf3_interval_lines_only() {
         let line =
-            "[  5]   0.50-1.00   sec  1.51 GBytes  26048 Mbits/sec  225    424 KBytes       ";
+            "[  5]   0.50-0.75   sec   776 MBytes  26048 Mbits/sec  225    424 KBytes       ";
         assert_eq!(
             parse_interval(line),
             Some(Interval {
                 start: 0.5,
-                end: 1.0,
+                end: 0.75,
                 mbps: 26048.0
             })
         );
@@ -481,7 +519,7 @@ mod tests {
                 end: 9.0,
             },
         };
-        let intervals: Vec<Interval> = (0..40)
+        let intervals: Vec<Interval> = (0..80)
             .map(|n| {
                 let s = n as f64 * INTERVAL;
                 let mbps = if s < WARMUP {
@@ -518,7 +556,7 @@ mod tests {
                 end: 9.0,
             },
         };
-        let intervals: Vec<Interval> = (0..24).map(|n| iv(n as f64 * INTERVAL, 50.0)).collect();
+        let intervals: Vec<Interval> = (0..48).map(|n| iv(n as f64 * INTERVAL, 50.0)).collect();
         assert!(pairs(&intervals, &[turn]).is_empty());
     }
 
