@@ -477,25 +477,28 @@ impl FilterResults {
              | goal | measured | met |\n|---|---|---|"
         );
         let labels = goal_labels();
-        let mut row = |goal: &str, measured: String, ok: Option<bool>| {
-            let met = ok.map_or("—", |ok| if ok { "yes" } else { "**no**" });
+        let mut row_met = |goal: &str, measured: String, met: &str| {
             let _ = writeln!(o, "| {goal} | {measured} | {met} |");
         };
+        let yes_no = |ok: Option<bool>| ok.map_or("—", |ok| if ok { "yes" } else { "**no**" });
 
         let pct = self.turns.median_pct();
         let ci = self.turns.median_ci_pct().map_or_else(
             || "too few turns for a confidence interval".into(),
             |(lo, hi)| format!("95% confidence interval of the median {lo:.1}–{hi:.1}%"),
         );
-        row(
+        row_met(
             &labels[0],
             format!(
                 "{}% of the neighbouring detached stretches, median of {} turns (table 5d; {ci})",
                 fmt_opt(pct, 1),
                 self.turns.pairs.len(),
             ),
-            pct.map(|p| p >= TCP_GOAL_PCT),
+            self.turns.verdict(TCP_GOAL_PCT).cell(),
         );
+        let mut row = |goal: &str, measured: String, ok: Option<bool>| {
+            row_met(goal, measured, yes_no(ok));
+        };
 
         for (label, filter, bar) in [
             (&labels[1], NoMatch::Short, SPIKE_SHORT_PCT),
