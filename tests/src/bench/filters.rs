@@ -133,8 +133,9 @@ pub struct FilterResults {
     pub insns: HashMap<NoMatch, usize>,
     /// Table 5c.
     pub cost: super::filter_cost::Costs,
-    /// Table 5d.
+    /// Table 5d: with the short filter, and without a filter (the check).
     pub turns: Turns,
+    pub turns_unfiltered: Turns,
 }
 
 const NOTHING: CaptureSpec = CaptureSpec {
@@ -239,13 +240,20 @@ impl Bench<'_> {
             }
         }
         let plan = TurnsPlan::new(self.opts.quick);
-        out.turns = self.tcp_turns(podtrace(Some(NoMatch::Short)), plan)?;
-        eprintln!(
-            "bench:   TCP in {} turns: attached/detached median {}%, ratios {}",
-            out.turns.pairs.len(),
-            fmt_opt(out.turns.median_pct(), 2),
-            runs_list(out.turns.ratios().iter().map(|r| r * 100.0), 1)
-        );
+        for (filter, turns) in [
+            (Some(NoMatch::Short), &mut out.turns),
+            (None, &mut out.turns_unfiltered),
+        ] {
+            let s = podtrace(filter);
+            *turns = self.tcp_turns(s, plan)?;
+            eprintln!(
+                "bench:   TCP in turns, {}: {} compared, attached/detached median {}%, ratios {}",
+                setup_name(s),
+                turns.pairs.len(),
+                fmt_opt(turns.median_pct(), 2),
+                runs_list(turns.ratios().iter().map(|r| r * 100.0), 1)
+            );
+        }
         let setups = udp_setups();
         let load = Load::Udp {
             len: FLOOD_LEN,
@@ -409,7 +417,11 @@ impl FilterResults {
         self.tcp_table(o, plan);
         self.udp_table(o, plan);
         super::filter_cost::render(&self.cost, o);
-        super::tcp_turns::render(&self.turns, o);
+        let rows = [
+            (setup_name(podtrace(Some(NoMatch::Short))), &self.turns),
+            (setup_name(podtrace(None)), &self.turns_unfiltered),
+        ];
+        super::tcp_turns::render(&rows, o);
         self.goals(o);
     }
 
