@@ -29,7 +29,7 @@ struct Plan {
     rounds: usize,
 }
 
-/// Table 5d's rows, and how they were measured.
+/// Table 5c's rows, and how they were measured.
 #[derive(Debug, Clone, Default)]
 pub struct Costs {
     pub quick: bool,

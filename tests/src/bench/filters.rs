@@ -25,7 +25,7 @@ use super::{
 };
 
 /// TCP runs of each setup in a full run (a quick run makes one): 3 × 3
-/// setups of ~12 s each; the goal's figure comes from table 5d.
+/// setups of ~12 s each; the goal is checked in table 5d.
 const TCP_RUNS: usize = 3;
 /// Datagram size of the flood (iperf3 -l), as in table 2.
 const FLOOD_LEN: u32 = 64;

@@ -1,5 +1,6 @@
-//! Table 5e: TCP throughput with a filter matching nothing, measured in
-//! turns inside one iperf3 stream: podtrace is started and stopped again and
+//! Table 5d: what podtrace costs one TCP stream (with a filter matching
+//! nothing, and without a filter as the check), measured in turns inside one
+//! iperf3 stream: podtrace is started and stopped again and
 //! again while the stream runs, and each stretch with podtrace attached is
 //! compared with the stretches without it just before and after.
 //!
@@ -115,7 +116,7 @@ impl Pair {
     }
 }
 
-/// What table 5e shows.
+/// One row of table 5d.
 #[derive(Debug, Clone, Default)]
 pub struct Turns {
     pub plan: Option<TurnsPlan>,
@@ -402,7 +403,6 @@ impl Bench<'_> {
     }
 }
 
-/// Table 5d.
 /// Table 5d: one row per setup, each its own stream; the first setup's
 /// plan describes all.
 pub fn render(rows: &[(String, &Turns)], o: &mut String) {
