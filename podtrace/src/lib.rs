@@ -32,3 +32,51 @@ pub fn verbose(args: std::fmt::Arguments<'_>) {
         eprintln!("podtrace: {args}");
     }
 }
+
+/// An error and its sources, "outer: inner: innermost", without repeating a
+/// message a Display already includes: for library errors that hide their
+/// cause (aya's, tonic's).
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct Layer(&'static str, Option<Box<Layer>>);
+
+    impl std::fmt::Display for Layer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl std::error::Error for Layer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|l| l as _)
+        }
+    }
+
+    #[test]
+    fn error_chain_joins_causes_once() {
+        let inner = Layer("permission denied", None);
+        let middle = Layer("load failed: permission denied", Some(Box::new(inner)));
+        let outer = Layer("attach", Some(Box::new(middle)));
+        assert_eq!(
+            error_chain(&outer),
+            "attach: load failed: permission denied"
+        );
+    }
+}

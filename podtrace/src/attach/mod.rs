@@ -22,7 +22,7 @@ use aya::{
 use podtrace_common::{FilterInsn, COUNTER_FILTERED, COUNTER_LOST, COUNTER_PASSED};
 
 pub use self::native::test_run;
-use crate::link::HostLink;
+use crate::{error_chain, link::HostLink};
 
 /// The compiled eBPF object, built by `cargo xtask build-ebpf`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("PODTRACE_EBPF_OBJECT"));
@@ -410,7 +410,8 @@ fn is_already_exists(e: &tc::TcError) -> bool {
     match e {
         tc::TcError::AlreadyAttached => true,
         other => {
-            error_chain(other).contains("File exists") || error_chain(other).contains("Exclusivity")
+            let text = error_chain(other);
+            text.contains("File exists") || text.contains("Exclusivity")
         }
     }
 }
@@ -421,21 +422,6 @@ fn hook_name(hook: TcAttachType) -> &'static str {
         TcAttachType::Egress => "egress",
         TcAttachType::Custom(_) => "custom",
     }
-}
-
-/// "outer: inner: innermost" for errors whose Display hides the cause.
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
 }
 
 #[cfg(test)]

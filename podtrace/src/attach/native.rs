@@ -16,7 +16,8 @@ use aya::{
 };
 use podtrace_common::FilterInsn;
 
-use super::{error_chain, EGRESS_PROGRAM, INGRESS_PROGRAM};
+use super::{EGRESS_PROGRAM, INGRESS_PROGRAM};
+use crate::error_chain;
 use crate::filter::translate::{self, Insn, Maps, Options, TranslateError};
 
 /// Kernel name of the filter programs (15 characters at most).

@@ -14,6 +14,7 @@ use tonic::transport::{Endpoint, Uri};
 use tower::service_fn;
 
 use super::{RuntimeClient, TargetError};
+use crate::error_chain;
 
 /// Sockets probed in order when no endpoint is given: containerd, CRI-O, cri-dockerd.
 pub const DEFAULT_ENDPOINTS: [&str; 3] = [
@@ -111,7 +112,7 @@ async fn connect_one(endpoint: &str) -> Result<RuntimeClient, TargetError> {
     };
     // The socket accepted a plain connection above, so a failed HTTP/2 handshake means the
     // server speaks something else.
-    let mut client = RuntimeClient::new(channel.map_err(|err| not_cri(chain(&err)))?);
+    let mut client = RuntimeClient::new(channel.map_err(|err| not_cri(error_chain(&err)))?);
     match tokio::time::timeout(VERSION_TIMEOUT, client.version(VersionRequest::default())).await {
         Err(_) => Err(not_cri(format!(
             "no answer to Version within {} s",
@@ -121,24 +122,9 @@ async fn connect_one(endpoint: &str) -> Result<RuntimeClient, TargetError> {
             "runtime.v1.RuntimeService is not served (CRI plugin disabled, or a runtime too old)"
                 .to_string(),
         )),
-        Ok(Err(status)) => Err(not_cri(chain(&status))),
+        Ok(Err(status)) => Err(not_cri(error_chain(&status))),
         Ok(Ok(_)) => Ok(client),
     }
-}
-
-/// An error and its sources, joined by ": ", without repeating a message.
-fn chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

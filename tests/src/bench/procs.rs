@@ -108,12 +108,16 @@ impl Drop for Guarded {
     }
 }
 
-/// Collects a pipe's lines on a thread.
-fn line_reader(pipe: impl Read + Send + 'static) -> mpsc::Receiver<String> {
+/// Collects a pipe's lines on a thread, each through `tag` (e.g. stamped
+/// with when it arrived); the receiver's iterator ends when the pipe closes.
+pub fn line_reader<T: Send + 'static>(
+    pipe: impl Read + Send + 'static,
+    tag: fn(String) -> T,
+) -> mpsc::Receiver<T> {
     let (tx, rx) = mpsc::channel();
     thread::spawn(move || {
         for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
+            if tx.send(tag(line)).is_err() {
                 break;
             }
         }
@@ -288,7 +292,7 @@ impl Running {
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         let mut child = Guarded::spawn(&mut cmd)?;
-        let stderr = line_reader(child.0.stderr.take().unwrap());
+        let stderr = line_reader(child.0.stderr.take().unwrap(), |line| line);
         let mut seen = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {

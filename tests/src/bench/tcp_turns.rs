@@ -18,17 +18,14 @@
 
 use std::{
     fmt::Write as _,
-    io::{BufRead, BufReader},
     process::{Command, Stdio},
-    sync::mpsc,
-    thread,
     time::{Duration, Instant},
 };
 
 use anyhow::{ensure, Context, Result};
 
 use super::{
-    procs::{pause, CaptureSpec, CaptureStats, Guarded, Running},
+    procs::{line_reader, pause, CaptureSpec, CaptureStats, Guarded, Running},
     report::{fmt_opt, median, runs_list},
     Bench,
 };
@@ -337,7 +334,8 @@ impl Bench<'_> {
             .stdout(Stdio::piped())
             .stderr(Stdio::null());
         let mut iperf = Guarded::spawn(&mut cmd)?;
-        let lines = stamped_lines(iperf.0.stdout.take().context("iperf3's stdout")?);
+        let stdout = iperf.0.stdout.take().context("iperf3's stdout")?;
+        let lines = line_reader(stdout, |line| (Instant::now(), line));
         let since = |t: Instant| t.duration_since(base).as_secs_f64();
 
         pause(Duration::from_secs_f64(WARMUP) + plan.off)?;
@@ -453,20 +451,6 @@ pub fn render(rows: &[(String, &Turns)], o: &mut String) {
             runs_list(t.ratios().iter().map(|r| r * 100.0), 1)
         );
     }
-}
-
-/// Every line of `pipe` with the moment it arrived, collected on a thread;
-/// the receiver's iterator ends when the pipe closes.
-fn stamped_lines(pipe: impl std::io::Read + Send + 'static) -> mpsc::Receiver<(Instant, String)> {
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-            if tx.send((Instant::now(), line)).is_err() {
-                break;
-            }
-        }
-    });
-    rx
 }
 
 #[cfg(test)]
