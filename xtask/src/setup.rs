@@ -8,8 +8,9 @@ use anyhow::{bail, Context, Result};
 use crate::run::{cmd, status};
 
 /// Debian packages for building (protoc for the CRI client), the test node
-/// (containerd, runc, CNI plugins, busybox, gcc for the pause image) and the
-/// tests' readers and traffic (tshark, tcpdump, iperf3, bpftool).
+/// (containerd, runc, CNI plugins, busybox, gcc for the pause image), the
+/// tests' readers and traffic (tshark, tcpdump, iperf3, bpftool) and the
+/// foreign TC program of the coexistence tests (clang).
 pub const APT_PACKAGES: &[&str] = &[
     "protobuf-compiler",
     "libpcap-dev",
@@ -24,6 +25,7 @@ pub const APT_PACKAGES: &[&str] = &[
     "tcpdump",
     "iperf3",
     "bpftool",
+    "clang",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
