@@ -13,9 +13,11 @@
 
 mod filter_cost;
 mod filters;
+mod hook_mover;
 mod iperf;
 mod procs;
 mod report;
+mod tcp_switch;
 mod tcp_turns;
 
 use std::{
@@ -63,6 +65,30 @@ pub struct Options {
     pub net_id: u8,
     /// The podtrace binary under test.
     pub podtrace: PathBuf,
+    /// Only these sections (see [`SECTIONS`]); all when empty. For work on
+    /// one measurement: the report's other tables stay empty.
+    pub only: Vec<String>,
+}
+
+/// The sections `--only` picks from, in the order they run.
+pub const SECTIONS: [&str; 9] = [
+    "tcp",
+    "udp",
+    "small-buffers",
+    "filter-tcp",
+    "filter-cost",
+    "filter-turns",
+    "filter-switch",
+    "filter-udp",
+    "first-packet",
+];
+
+impl Options {
+    /// Whether section `name` runs.
+    pub fn runs(&self, name: &str) -> bool {
+        debug_assert!(SECTIONS.contains(&name), "{name}");
+        self.only.is_empty() || self.only.iter().any(|o| o == name)
+    }
 }
 
 /// How long and how often, for a full or a quick run.
@@ -204,16 +230,24 @@ pub fn run(opts: &Options) -> Result<String> {
     let mut report = Report::new(opts, plan);
     let mut bench = Bench::new(opts, plan)?;
 
-    eprintln!("bench: TCP throughput");
-    bench.tcp(&mut report)?;
-    eprintln!("bench: UDP at full sender speed and loss-free rates");
-    bench.udp(&mut report)?;
-    eprintln!("bench: small buffers");
-    bench.small_buffers(&mut report)?;
+    if opts.runs("tcp") {
+        eprintln!("bench: TCP throughput");
+        bench.tcp(&mut report)?;
+    }
+    if opts.runs("udp") {
+        eprintln!("bench: UDP at full sender speed and loss-free rates");
+        bench.udp(&mut report)?;
+    }
+    if opts.runs("small-buffers") {
+        eprintln!("bench: small buffers");
+        bench.small_buffers(&mut report)?;
+    }
     eprintln!("bench: filters matching nothing");
     bench.filters(&mut report.filters)?;
-    eprintln!("bench: time to first packet");
-    bench.first_packet(&mut report)?;
+    if opts.runs("first-packet") {
+        eprintln!("bench: time to first packet");
+        bench.first_packet(&mut report)?;
+    }
 
     report.commands = std::mem::take(&mut bench.commands);
     report.retried = bench.retried;

@@ -327,6 +327,10 @@ impl Running {
         })
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.pid()
+    }
+
     /// Reads CPU and peak RSS, stops the tool with SIGINT and parses its
     /// final counts.
     pub fn stop(mut self) -> Result<CaptureStats> {

@@ -176,14 +176,24 @@ impl Verdict {
     }
 }
 
+impl Verdict {
+    /// From a confidence interval of an estimate, or the estimate alone
+    /// when there is no interval; all in percent.
+    pub fn of(ci: Option<(f64, f64)>, point: f64, goal_pct: f64) -> Self {
+        match ci {
+            Some((lo, _)) if lo >= goal_pct => Self::Shown,
+            Some((_, hi)) if hi < goal_pct => Self::Refuted,
+            Some(_) => Self::Unresolved,
+            None => Self::MedianOnly(point >= goal_pct),
+        }
+    }
+}
+
 impl Turns {
     pub fn verdict(&self, goal_pct: f64) -> Verdict {
-        match (self.median_ci_pct(), self.median_pct()) {
-            (Some((lo, _)), _) if lo >= goal_pct => Verdict::Shown,
-            (Some((_, hi)), _) if hi < goal_pct => Verdict::Refuted,
-            (Some(_), _) => Verdict::Unresolved,
-            (None, Some(m)) => Verdict::MedianOnly(m >= goal_pct),
-            (None, None) => Verdict::NoData,
+        match self.median_pct() {
+            Some(m) => Verdict::of(self.median_ci_pct(), m, goal_pct),
+            None => Verdict::NoData,
         }
     }
 }
@@ -258,7 +268,7 @@ pub fn pairs(intervals: &[Interval], turns: &[Turn]) -> Vec<Pair> {
 }
 
 /// Steal ticks of all CPUs so far (/proc/stat, "cpu" line, 8th value).
-fn steal_ticks() -> Result<u64> {
+pub(super) fn steal_ticks() -> Result<u64> {
     let stat = std::fs::read_to_string("/proc/stat")?;
     let cpu = stat.lines().next().context("empty /proc/stat")?;
     cpu.split_whitespace()
@@ -270,24 +280,66 @@ fn steal_ticks() -> Result<u64> {
 impl Bench<'_> {
     /// One iperf3 stream; `spec` started and stopped `plan.turns` times
     /// while it runs, detached for `plan.off` before, between and after.
-    /// The client on CPU 0, the server on the last CPU, for the turns.
     pub(super) fn tcp_turns(&mut self, spec: CaptureSpec, plan: TurnsPlan) -> Result<Turns> {
+        self.pinned_server(|bench, pinned| bench.stream_in_turns(spec, plan, pinned))
+    }
+
+    /// Runs `f` with the first iperf3 server pinned to the last CPU (the
+    /// client goes on CPU 0: see [`Self::stream_client`]); `f` learns
+    /// whether there were CPUs enough to pin.
+    pub(super) fn pinned_server<T>(
+        &mut self,
+        f: impl FnOnce(&mut Self, bool) -> Result<T>,
+    ) -> Result<T> {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         if cpus < 2 {
-            return self.stream_in_turns(spec, plan, false);
+            return f(self, false);
         }
         let server_cpu = (cpus - 1).to_string();
         let server = self.servers.pid(0).to_string();
         let pin_server = ["taskset", "-a", "-p", "-c", &server_cpu, &server];
         self.note_command(
-            "pin the iperf3 server (for the TCP turns only)",
+            "pin the iperf3 server (for the TCP turns and switches only)",
             &pin_server.map(String::from),
         );
         crate::sh(&pin_server)?;
-        let result = self.stream_in_turns(spec, plan, true);
+        let result = f(self, true);
         let all = format!("0-{}", cpus - 1);
         crate::sh(&["taskset", "-a", "-p", "-c", &all, &server])?;
         result
+    }
+
+    /// One iperf3 TCP client to the first server for `secs`, on CPU 0 if
+    /// `pinned`, reporting every `interval` seconds in Mbit/s if asked.
+    pub(super) fn stream_client(
+        &self,
+        secs: u32,
+        interval: Option<f64>,
+        pinned: bool,
+    ) -> Vec<String> {
+        let mut client: Vec<String> = Vec::new();
+        if pinned {
+            client.extend(["taskset", "-c", "0"].map(String::from));
+        }
+        client.extend([
+            "iperf3".into(),
+            "-c".into(),
+            self.net.ns_ip.to_string(),
+            "-p".into(),
+            self.servers.ports[0].to_string(),
+            "-t".into(),
+            secs.to_string(),
+        ]);
+        if let Some(interval) = interval {
+            client.extend([
+                "-i".into(),
+                interval.to_string(),
+                "--forceflush".into(),
+                "-f".into(),
+                "m".into(),
+            ]);
+        }
+        client
     }
 
     fn stream_in_turns(
@@ -302,24 +354,7 @@ impl Bench<'_> {
         // Long enough for the turns with slow starts; stopped after them.
         let per_turn = plan.on + plan.off + Duration::from_secs(3);
         let secs = (WARMUP + 5.0 + (plan.off + per_turn * plan.turns as u32).as_secs_f64()).ceil();
-        let mut client: Vec<String> = Vec::new();
-        if pinned {
-            client.extend(["taskset", "-c", "0"].map(String::from));
-        }
-        client.extend([
-            "iperf3".into(),
-            "-c".into(),
-            self.net.ns_ip.to_string(),
-            "-p".into(),
-            self.servers.ports[0].to_string(),
-            "-t".into(),
-            secs.to_string(),
-            "-i".into(),
-            INTERVAL.to_string(),
-            "--forceflush".into(),
-            "-f".into(),
-            "m".into(),
-        ]);
+        let client = self.stream_client(secs as u32, Some(INTERVAL), pinned);
         self.note_command(
             &format!("iperf3 TCP, one long stream, reports every {INTERVAL} s"),
             &client,

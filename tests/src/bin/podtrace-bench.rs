@@ -3,7 +3,7 @@
 //! builds the release binaries first.
 //!
 //! ```text
-//! podtrace-bench [--quick] [--out FILE] [--net-id N]
+//! podtrace-bench [--quick] [--out FILE] [--net-id N] [--only SECTION,...]
 //! ```
 //!
 //! The podtrace binary under test is `PODTRACE_BIN` (default: the
@@ -23,6 +23,7 @@ fn parse() -> Result<Options> {
         podtrace: std::env::var_os("PODTRACE_BIN")
             .map(PathBuf::from)
             .unwrap_or_else(|| workspace.join("target/release/podtrace")),
+        only: Vec::new(),
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -36,8 +37,24 @@ fn parse() -> Result<Options> {
                     .filter(|&n| n > 0)
                     .context("--net-id needs a number from 1 to 255")?;
             }
+            "--only" => {
+                let list = args.next().context("--only needs sections")?;
+                for name in list.split(',') {
+                    if !bench::SECTIONS.contains(&name) {
+                        bail!(
+                            "unknown section {name:?}: one of {}",
+                            bench::SECTIONS.join(", ")
+                        );
+                    }
+                    opts.only.push(name.to_owned());
+                }
+            }
             "-h" | "--help" => {
-                println!("usage: podtrace-bench [--quick] [--out FILE] [--net-id N]");
+                println!(
+                    "usage: podtrace-bench [--quick] [--out FILE] [--net-id N] [--only SECTION,...]\n\
+                     sections: {}",
+                    bench::SECTIONS.join(", ")
+                );
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other:?}"),
