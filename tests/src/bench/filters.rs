@@ -144,26 +144,17 @@ pub struct FilterResults {
 }
 
 /// The rows of table 5e: a label, the filter, where the programs are in
-/// odd and in even phases. The first is the goal's.
-fn switch_rows() -> [(&'static str, Option<NoMatch>, Layout); 4] {
+/// odd and in even phases. The first is the goal's; the second and fourth
+/// split it in two; the third and fifth check the method.
+fn switch_rows() -> [(&'static str, Option<NoMatch>, Layout); 5] {
     let layout = |a, b| Layout { a, b };
+    let short = Some(NoMatch::Short);
     [
-        (
-            "stream vs idle",
-            Some(NoMatch::Short),
-            layout(Place::Stream, Place::Idle(0)),
-        ),
-        ("no filter", None, layout(Place::Stream, Place::Idle(0))),
-        (
-            "idle vs idle",
-            Some(NoMatch::Short),
-            layout(Place::Idle(0), Place::Idle(1)),
-        ),
-        (
-            "idle vs nowhere",
-            Some(NoMatch::Short),
-            layout(Place::Idle(0), Place::Off),
-        ),
+        ("podtrace vs nothing", short, layout(Place::Stream, Place::Off)),
+        ("in the path", short, layout(Place::Stream, Place::Idle(0))),
+        ("no filter", None, layout(Place::Stream, Place::Off)),
+        ("beside the path", short, layout(Place::Idle(0), Place::Off)),
+        ("nothing differs", short, layout(Place::Idle(0), Place::Idle(1))),
     ]
 }
 

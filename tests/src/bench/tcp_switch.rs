@@ -118,18 +118,22 @@ pub struct Layout {
     pub b: Place,
 }
 
-/// The host veth's byte counter at one switch; seconds since the first.
+/// The stream's veth's byte counter, and when it was read (seconds since
+/// the first phase began).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Sample {
     pub at: f64,
     pub bytes: u64,
 }
 
-/// Each phase's (seconds, bytes): phase k runs from sample k to k+1.
-pub fn phases(samples: &[Sample]) -> Vec<(f64, u64)> {
+/// Each phase's (seconds, bytes), from samples read just after the move
+/// that starts it and just before the next: the moves themselves (the
+/// benchmark's syscalls and their IPIs, which differ between attach and
+/// detach) count for neither side.
+pub fn phases(samples: &[(Sample, Sample)]) -> Vec<(f64, u64)> {
     samples
-        .windows(2)
-        .map(|w| (w[1].at - w[0].at, w[1].bytes.saturating_sub(w[0].bytes)))
+        .iter()
+        .map(|(start, end)| (end.at - start.at, end.bytes.saturating_sub(start.bytes)))
         .collect()
 }
 
@@ -319,22 +323,30 @@ impl Bench<'_> {
         let steal_before = steal_ticks()?;
         let foreign_before = foreign_ticks();
         let cpu_before = cpu_time(running.pid())?;
-        let mut samples = Vec::with_capacity(plan.phases + 1);
+        let mut samples = Vec::with_capacity(plan.phases);
         let start = Instant::now();
+        let sample = || -> Result<Sample> {
+            Ok(Sample {
+                at: start.elapsed().as_secs_f64(),
+                bytes: tx_bytes(&self.net.host_if)?,
+            })
+        };
+        let mut phase_start = None;
         for k in 0..=plan.phases {
             let due = start + plan.phase * k as u32;
             if let Some(wait) = due.checked_duration_since(Instant::now()) {
                 thread::sleep(wait);
             }
-            samples.push(Sample {
-                at: start.elapsed().as_secs_f64(),
-                bytes: tx_bytes(&self.net.host_if)?,
-            });
-            // Phase k starts now: odd phases at `a`, even ones at `b`.
-            if k < plan.phases {
-                let place = if k % 2 == 1 { layout.a } else { layout.b };
-                mover.move_to(index(place), k % 2)?;
+            if let Some(begun) = phase_start.take() {
+                samples.push((begun, sample()?));
             }
+            if k == plan.phases {
+                break;
+            }
+            // Phase k: odd phases at `a`, even ones at `b`.
+            let place = if k % 2 == 1 { layout.a } else { layout.b };
+            mover.move_to(index(place), k % 2)?;
+            phase_start = Some(sample()?);
             if k % 50 == 0 {
                 check_interrupted()?;
             }
@@ -377,7 +389,8 @@ pub fn render(rows: &[(String, &Switched)], o: &mut String) {
          of podtrace's own links, then links of the benchmark's, first in the chain as podtrace \
          attaches them; each move attaches at the new place before detaching from the old, and \
          `/sys/kernel/rcu_expedited` is 1 meanwhile, or a move would wait ~25 ms for RCU). The \
-         stream's veth's `tx_bytes` is read at every move. {phases} phases ({secs:.0} s) make \
+         stream's veth's `tx_bytes` is read just after every move and just before the next, so \
+         the moves themselves count for neither side. {phases} phases ({secs:.0} s) make \
          {batches} batches of consecutive phases; each batch gives bytes per second in A over \
          bytes per second in B, and the table shows the mean of those ratios with a 95% \
          confidence interval (Student's t over the batches). Client and server are pinned to \

@@ -1,34 +1,33 @@
 use super::*;
 
-/// Samples of a stream at `rate(k)` bytes/s in phase k, `secs` each.
-fn samples(n: usize, secs: f64, rate: impl Fn(usize) -> f64) -> Vec<Sample> {
-    let mut out = vec![Sample { at: 0.0, bytes: 0 }];
+/// Samples of a stream at `rate(k)` bytes/s in phase k, `secs` each, with
+/// a move of 1 ms before each phase that runs at a tenth of the rate.
+fn samples(n: usize, secs: f64, rate: impl Fn(usize) -> f64) -> Vec<(Sample, Sample)> {
+    let mut out = Vec::new();
+    let mut now = Sample { at: 0.0, bytes: 0 };
     for k in 0..n {
-        let last = out[k];
-        out.push(Sample {
-            at: last.at + secs,
-            bytes: last.bytes + (rate(k) * secs) as u64,
-        });
+        let start = Sample {
+            at: now.at + 0.001,
+            bytes: now.bytes + (rate(k) * 0.0001) as u64,
+        };
+        now = Sample {
+            at: start.at + secs,
+            bytes: start.bytes + (rate(k) * secs) as u64,
+        };
+        out.push((start, now));
     }
     out
 }
 
 #[test]
-fn phases_are_the_gaps_between_samples() {
+fn phases_leave_the_moves_out() {
     let s = [
-        Sample { at: 0.0, bytes: 10 },
-        Sample {
-            at: 0.02,
-            bytes: 30,
-        },
-        Sample {
-            at: 0.05,
-            bytes: 31,
-        },
+        (Sample { at: 0.0, bytes: 10 }, Sample { at: 0.02, bytes: 30 }),
+        (Sample { at: 0.021, bytes: 900 }, Sample { at: 0.05, bytes: 901 }),
     ];
     let p = phases(&s);
     assert_eq!(p.iter().map(|p| p.1).collect::<Vec<_>>(), [20, 1]);
-    assert!((p[0].0 - 0.02).abs() < 1e-12 && (p[1].0 - 0.03).abs() < 1e-12);
+    assert!((p[0].0 - 0.02).abs() < 1e-12 && (p[1].0 - 0.029).abs() < 1e-12);
 }
 
 #[test]
