@@ -1,6 +1,10 @@
 //! Command-line arguments (clap) and their resolution into a capture plan.
 
-use std::{path::PathBuf, time::Duration};
+use std::{
+    io::{self, IsTerminal},
+    path::PathBuf,
+    time::Duration,
+};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -153,6 +157,13 @@ pub struct CaptureArgs {
     #[arg(long, value_name = "SECS", value_parser = parse_secs)]
     pub duration: Option<Duration>,
 
+    /// Hand each packet to the output as soon as the kernel has it (a
+    /// wakeup per packet) instead of draining the kernel's ring every 30 ms
+    /// (every 240 ms while idle). On by default for text on a terminal, as
+    /// with tcpdump; costs CPU at high packet rates.
+    #[arg(long = "immediate-mode")]
+    pub immediate: bool,
+
     /// Kernel ring buffer size in KiB (rounded up to a power of two).
     #[arg(short = 'B', long = "buffer-size", value_name = "KiB", default_value_t = 8192,
           value_parser = clap::value_parser!(u32).range(64..=1_048_576))]
@@ -166,6 +177,12 @@ pub struct CaptureArgs {
     /// interpreted (any filter libpcap compiles); auto tries native first.
     #[arg(long, value_enum, default_value_t = FilterEngine::Auto)]
     pub filter_engine: FilterEngine,
+}
+
+/// Whether packets are handed over one by one: when asked, or when text
+/// goes to a terminal, where someone watches them arrive (tcpdump's rule).
+fn immediate_mode(asked: bool, output: &Output, stdout_is_terminal: bool) -> bool {
+    asked || (*output == Output::Text && stdout_is_terminal)
 }
 
 fn parse_secs(s: &str) -> Result<Duration, String> {
@@ -195,6 +212,10 @@ impl CaptureArgs {
         };
         let mut sink = self.sink_options(verbose);
         sink.interfaces = vec![target.interface.clone()];
+        let immediate = immediate_mode(self.immediate, &sink.output, io::stdout().is_terminal());
+        if immediate {
+            podtrace::verbose(format_args!("immediate mode: a wakeup per packet"));
+        }
         Ok(CapturePlan {
             targets: vec![target],
             sink,
@@ -205,6 +226,7 @@ impl CaptureArgs {
             filter_engine: self.filter_engine,
             direction: self.direction,
             filter,
+            immediate,
         })
     }
     fn sink_options(&self, verbose: bool) -> SinkOptions {
@@ -441,6 +463,18 @@ pub fn parse() -> Cli {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn immediate_for_text_on_a_terminal_or_when_asked() {
+        let file = Output::File("x.pcap".into());
+        assert!(immediate_mode(false, &Output::Text, true));
+        assert!(!immediate_mode(false, &Output::Text, false));
+        assert!(!immediate_mode(false, &file, true));
+        assert!(!immediate_mode(false, &Output::Stdout, true));
+        assert!(immediate_mode(true, &file, false));
+        assert!(capture(&["-i", "x", "--immediate-mode"]).unwrap().immediate);
+        assert!(!capture(&["-i", "x"]).unwrap().immediate);
+    }
 
     fn capture(args: &[&str]) -> Result<CaptureArgs, clap::Error> {
         let cli = Cli::try_parse_from(["podtrace", "capture"].iter().chain(args))?;

@@ -69,6 +69,7 @@ pub fn engines_match_libpcap() -> Result<()> {
                 filter: &compiled.insns,
                 engine,
                 slow_loads_only,
+                immediate: false,
             })
             .with_context(|| format!("{expr:?} ({label})"))?;
             ensure!(programs.engine_used == Some(engine), "{expr:?} ({label})");

@@ -88,6 +88,7 @@ const TESTS: &[(&str, TestFn)] = &[
     ),
     ("output::direction_filter", output::direction_filter),
     ("output::live_pipe", output::live_pipe),
+    ("output::immediate_mode", output::immediate_mode),
     ("output::rotation", output::rotation),
     (
         "output::disk_full_keeps_file_valid",
@@ -168,6 +169,7 @@ fn missing_prerequisite() -> Option<String> {
         "runc",
         "gcc",
         "nsenter",
+        "script",
     ] {
         if podtrace_tests::sh(&["sh", "-c", &format!("command -v {tool}")]).is_err() {
             return Some(format!(

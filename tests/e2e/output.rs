@@ -2,14 +2,15 @@
 //! files, a full disk.
 
 use std::{
-    io::Read,
+    io::{BufRead, BufReader, Read, Write},
     net::UdpSocket,
     path::{Path, PathBuf},
+    process::{Command, Stdio},
     sync::mpsc,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use pcap_file::pcapng::{
     blocks::interface_statistics::InterfaceStatisticsOption, Block, PcapNgReader,
 };
@@ -223,6 +224,121 @@ pub fn live_pipe() -> Result<()> {
         .context("pipeline did not end")??;
     ensure!(out.lines().count() == 4, "tshark -r - printed:\n{out}");
     Ok(())
+}
+
+/// Single datagrams sent after quiet spells, and how long each took to
+/// reach the output: more than the idle drain tick (240 ms) apart, so a
+/// capture that only drained on its tick would show up to 240 ms.
+const QUIET: Duration = Duration::from_millis(700);
+const SINGLES: usize = 5;
+/// Far above a wakeup's latency, far below the idle tick: five packets
+/// that waited for the tick would all land under it by chance once in
+/// ~2000 runs ((50/240)^5).
+const IMMEDIATE_WITHIN: Duration = Duration::from_millis(50);
+
+/// `--immediate-mode` hands each packet over as soon as the kernel has it;
+/// text on a terminal gets that without asking, as with tcpdump.
+pub fn immediate_mode() -> Result<()> {
+    let net = TestNet::new()?;
+    net.pin_neighbours()?;
+    let dir = tempdir()?;
+    let file = dir.path().join("i.pcap");
+    let path = file.to_str().unwrap();
+    let capture = Capture::start(&[
+        "capture",
+        "-i",
+        &net.host_if,
+        "--immediate-mode",
+        "-w",
+        path,
+    ])?;
+    let size = || std::fs::metadata(&file).map_or(0, |m| m.len());
+    let mut waits = Vec::new();
+    for _ in 0..SINGLES {
+        std::thread::sleep(QUIET);
+        let before = size();
+        waits.push(time_to_output(&net, || size() > before)?);
+    }
+    let done = capture.stop(libc::SIGINT)?;
+    ensure!(done.status.success(), "{}", done.stderr);
+    ensure!(
+        waits.iter().all(|w| *w < IMMEDIATE_WITHIN),
+        "--immediate-mode -w FILE: packets reached the file after {waits:?}"
+    );
+
+    // Text on a terminal: script(1) gives podtrace a pty for its stdout.
+    let command = format!("{} capture -i {}", run::bin().display(), net.host_if);
+    let mut script = Command::new("script")
+        .args(["-qfec", &command, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting script(1)")?;
+    let (tx, rx) = mpsc::channel();
+    let out = script.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let result = (|| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !rx
+            .recv_timeout(Duration::from_secs(20))?
+            .contains("capturing on")
+        {
+            ensure!(
+                Instant::now() < deadline,
+                "podtrace did not start under script(1)"
+            );
+        }
+        let mut waits = Vec::new();
+        for _ in 0..SINGLES {
+            std::thread::sleep(QUIET);
+            while rx.try_recv().is_ok() {}
+            waits.push(time_to_output(&net, || rx.try_recv().is_ok())?);
+        }
+        ensure!(
+            waits.iter().all(|w| *w < IMMEDIATE_WITHIN),
+            "text on a terminal: lines appeared after {waits:?}"
+        );
+        Ok(())
+    })();
+    // Ctrl-C on the terminal: SIGINT for podtrace, which then exits.
+    let stopped = script
+        .stdin
+        .take()
+        .map(|mut tty| tty.write_all(b"\x03"))
+        .transpose();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while script.try_wait()?.is_none() {
+        if Instant::now() > deadline {
+            let _ = script.kill();
+            let _ = script.wait();
+            bail!("podtrace under script(1) did not stop on Ctrl-C");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    stopped?;
+    result
+}
+
+/// Sends one datagram into `net` and waits (polling every 0.5 ms, at most
+/// 2 s) until `arrived` says it reached the output.
+fn time_to_output(net: &TestNet, mut arrived: impl FnMut() -> bool) -> Result<Duration> {
+    let sent = Instant::now();
+    send_udp(net, 1, 100)?;
+    while !arrived() {
+        ensure!(
+            sent.elapsed() < Duration::from_secs(2),
+            "the packet did not reach the output in 2 s"
+        );
+        std::thread::sleep(Duration::from_micros(500));
+    }
+    Ok(sent.elapsed())
 }
 
 fn send_udp(net: &TestNet, count: usize, size: usize) -> Result<()> {

@@ -10,7 +10,8 @@ use crate::run::{cmd, status};
 /// Debian packages for building (protoc for the CRI client), the test node
 /// (containerd, runc, CNI plugins, busybox, gcc for the pause image), the
 /// tests' readers and traffic (tshark, tcpdump, iperf3, bpftool) and the
-/// foreign TC program of the coexistence tests (clang).
+/// foreign TC program of the coexistence tests (clang), and script(1) for a
+/// terminal (bsdutils; essential on Debian, listed for the tests' sake).
 pub const APT_PACKAGES: &[&str] = &[
     "protobuf-compiler",
     "libpcap-dev",
@@ -26,6 +27,7 @@ pub const APT_PACKAGES: &[&str] = &[
     "iperf3",
     "bpftool",
     "clang",
+    "bsdutils",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -138,6 +138,9 @@ pub struct LoadOptions<'a> {
     /// Tests: a translated filter reads every packet byte with
     /// `bpf_skb_load_bytes`, as it does past the linear head of an skb.
     pub slow_loads_only: bool,
+    /// Wake userspace for every record, not only once the ring is a
+    /// quarter full.
+    pub immediate: bool,
 }
 
 struct Attached {
@@ -179,8 +182,13 @@ impl Programs {
     /// Loads the ELF object: with the filter interpreted in the capture
     /// programs, or without it when `translated` (it then runs in front).
     fn load_object(opts: LoadOptions<'_>, translated: bool) -> Result<Self, AttachError> {
-        // Userspace drains on a timer; wake it early once a quarter is full.
-        let wakeup_bytes = u64::from(opts.ring_bytes / 4);
+        // Userspace drains on a timer; wake it early once a quarter is full
+        // (0: at every record, as "unread data >= 0" always holds).
+        let wakeup_bytes = if opts.immediate {
+            0
+        } else {
+            u64::from(opts.ring_bytes / 4)
+        };
         let interpreted: &[FilterInsn] = if translated { &[] } else { opts.filter };
         // A constant for the verifier: 0 removes the interpreter from the programs.
         let filter_len = interpreted.len() as u32;

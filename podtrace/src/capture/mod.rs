@@ -80,6 +80,8 @@ pub struct CapturePlan {
     pub direction: DirectionFilter,
     /// Run in the kernel on every packet; `None` captures everything.
     pub filter: Option<Filter>,
+    /// A wakeup per packet instead of a drain every tick (`--immediate-mode`).
+    pub immediate: bool,
 }
 
 /// Why the capture ended.
@@ -149,6 +151,7 @@ pub async fn run(
         filter: plan.filter.as_ref().map_or(&[], |f| &f.insns),
         engine: plan.filter_engine,
         slow_loads_only: false,
+        immediate: plan.immediate,
     })?;
     if let Some(engine) = programs.engine_used {
         crate::verbose(format_args!("filter engine: {engine:?}"));

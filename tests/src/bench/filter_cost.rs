@@ -123,6 +123,7 @@ fn run(insns: &[FilterInsn], engine: FilterEngine, frame: &[u8], plan: Plan) -> 
         filter: insns,
         engine,
         slow_loads_only: false,
+        immediate: false,
     })?;
     anyhow::ensure!(programs.engine_used == Some(engine), "engine not used");
     let before = programs.counters().filtered;
