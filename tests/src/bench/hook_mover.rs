@@ -5,7 +5,7 @@
 //! (ring, counters, the filter's tail-call array) and podtrace's process
 //! stay exactly as podtrace made them; only where the links are changes.
 //! Starting and stopping podtrace takes tens of milliseconds of loading
-//! and verifying, which is why table 5e does this instead.
+//! and verifying, which is why table 5d does this instead.
 
 use std::{
     borrow::Cow,
@@ -33,7 +33,7 @@ pub struct HookMover {
     places: Vec<String>,
     at: Option<usize>,
     /// Time spent moving and moves made, under two tallies the caller
-    /// names (table 5e: the parity of the phase a move starts).
+    /// names (table 5d: the parity of the phase a move starts).
     spent: [Duration; 2],
     moves: [u32; 2],
 }

@@ -11,6 +11,7 @@
 //! compared with what iperf3 sent (datagrams of the test's exact length to
 //! the test's ports, so iperf3's own control packets are not counted).
 
+mod estimate;
 mod filter_cost;
 mod filters;
 mod hook_mover;
@@ -18,7 +19,6 @@ mod iperf;
 mod procs;
 mod report;
 mod tcp_switch;
-mod tcp_turns;
 
 use std::{
     net::UdpSocket,
@@ -71,13 +71,12 @@ pub struct Options {
 }
 
 /// The sections `--only` picks from, in the order they run.
-pub const SECTIONS: [&str; 9] = [
+pub const SECTIONS: [&str; 8] = [
     "tcp",
     "udp",
     "small-buffers",
     "filter-tcp",
     "filter-cost",
-    "filter-turns",
     "filter-switch",
     "filter-udp",
     "first-packet",

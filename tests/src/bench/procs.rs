@@ -492,6 +492,16 @@ pub fn foreign_cpu(before: &HashMap<u32, u64>, after: &HashMap<u32, u64>) -> f64
     ticks as f64 / hz
 }
 
+/// Steal ticks of all CPUs so far (/proc/stat, "cpu" line, 8th value).
+pub fn steal_ticks() -> Result<u64> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let cpu = stat.lines().next().context("empty /proc/stat")?;
+    cpu.split_whitespace()
+        .nth(8)
+        .and_then(|s| s.parse().ok())
+        .context("no steal in /proc/stat")
+}
+
 /// A scratch directory for capture files, removed on drop.
 pub struct Scratch(pub PathBuf);
 

@@ -1,9 +1,9 @@
-//! Table 5e: what podtrace's programs cost one TCP stream, measured by
+//! Table 5d: what podtrace's programs cost one TCP stream, measured by
 //! moving them on and off the stream's path every few milliseconds.
 //!
 //! Why: on this VM the throughput of a stream moves by tens of percent from
 //! one second to the next (other guests on the host), so stretches seconds
-//! apart (tables 5a, 5d) cannot resolve 1%. Most of that noise is slow
+//! apart (table 5a) cannot resolve 1%. Most of that noise is slow
 //! next to 20 ms, so 20-ms phases of one kind and the other, interleaved,
 //! see the same conditions. podtrace runs the whole time, as a user runs
 //! it; [`HookMover`] moves its programs' links between interfaces without
@@ -22,12 +22,7 @@
 //! the method: no filter (every packet copied: a cost it must see) and two
 //! idle veths (nothing differs: it must see none).
 //!
-//! The estimate is a ratio of pooled rates (bytes over seconds, odd phases
-//! against even ones) per batch of consecutive phases, averaged over the
-//! batches, with a Student's t interval over the batch means: batches many
-//! seconds long are nearly independent even though neighbouring phases are
-//! not, and a ratio of sums has no 1/x bias from noisy denominators, as a
-//! mean of per-phase ratios would.
+//! How the phases become an estimate: [`super::estimate`].
 
 use std::{
     fmt::Write as _,
@@ -39,21 +34,20 @@ use std::{
 use anyhow::{Context, Result};
 
 use super::{
+    estimate::{estimate, phases, Estimate, Sample},
     hook_mover::{HookMover, RcuExpedited},
+    iperf::{client_argv, Load},
     procs::{
-        check_interrupted, cpu_time, foreign_cpu, foreign_ticks, pause, CaptureSpec, CaptureStats,
-        Guarded, Running,
+        check_interrupted, cpu_time, foreign_cpu, foreign_ticks, pause, steal_ticks, CaptureSpec,
+        CaptureStats, Guarded, Running,
     },
     report::fmt_opt,
-    tcp_turns::{steal_ticks, Verdict},
     Bench,
 };
 use crate::netns::TestNet;
 
 /// The stream's first seconds are left out (TCP slow start).
 const WARMUP: Duration = Duration::from_millis(1500);
-/// Fewer batches than this: no interval, the mean alone.
-const MIN_BATCHES: usize = 6;
 
 #[derive(Debug, Clone, Copy)]
 pub struct SwitchPlan {
@@ -68,10 +62,11 @@ impl SwitchPlan {
     pub fn new(quick: bool) -> Self {
         let phase = Duration::from_millis(20);
         if quick {
+            // Enough batches for an interval (a wide one), ~5 s a row.
             Self {
                 phase,
-                phases: 100,
-                batches: 2,
+                phases: 240,
+                batches: 6,
             }
         } else {
             // 4 minutes a row; 20 batches of 12 s.
@@ -118,92 +113,7 @@ pub struct Layout {
     pub b: Place,
 }
 
-/// The stream's veth's byte counter, and when it was read (seconds since
-/// the first phase began).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Sample {
-    pub at: f64,
-    pub bytes: u64,
-}
-
-/// Each phase's (seconds, bytes), from samples read just after the move
-/// that starts it and just before the next: the moves themselves (the
-/// benchmark's syscalls and their IPIs, which differ between attach and
-/// detach) count for neither side.
-pub fn phases(samples: &[(Sample, Sample)]) -> Vec<(f64, u64)> {
-    samples
-        .iter()
-        .map(|(start, end)| (end.at - start.at, end.bytes.saturating_sub(start.bytes)))
-        .collect()
-}
-
-/// A batch's rate in odd phases over its rate in even ones (indices are
-/// of the whole run, so a batch may start with either).
-fn batch_ratio(phases: &[(f64, u64)], first: usize) -> Option<f64> {
-    let (mut on, mut off) = ((0.0, 0u64), (0.0, 0u64));
-    for (k, &(secs, bytes)) in phases.iter().enumerate() {
-        let side = if (first + k) % 2 == 1 {
-            &mut on
-        } else {
-            &mut off
-        };
-        side.0 += secs;
-        side.1 += bytes;
-    }
-    let rate = |(secs, bytes): (f64, u64)| (secs > 0.0).then(|| bytes as f64 / secs);
-    let (on, off) = (rate(on)?, rate(off)?);
-    (off > 0.0).then(|| on / off)
-}
-
-/// The estimate of one row.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Estimate {
-    /// Mean of the batches' odd/even ratios.
-    pub mean: f64,
-    /// 95% confidence interval of that mean (none with few batches).
-    pub ci: Option<(f64, f64)>,
-    pub batches: usize,
-}
-
-/// Splits the phases into `batches` runs of consecutive phases and
-/// estimates the odd/even ratio (see the module doc).
-pub fn estimate(phases: &[(f64, u64)], batches: usize) -> Option<Estimate> {
-    let size = phases.len() / batches.max(1);
-    if size < 2 {
-        return None;
-    }
-    let ratios: Vec<f64> = (0..batches)
-        .filter_map(|b| batch_ratio(&phases[b * size..(b + 1) * size], b * size))
-        .collect();
-    let n = ratios.len();
-    if n == 0 {
-        return None;
-    }
-    let mean = ratios.iter().sum::<f64>() / n as f64;
-    let ci = (n >= MIN_BATCHES).then(|| {
-        let var = ratios.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
-        let half = t975(n - 1) * (var / n as f64).sqrt();
-        (mean - half, mean + half)
-    });
-    Some(Estimate {
-        mean,
-        ci,
-        batches: n,
-    })
-}
-
-/// Student's t 97.5% quantile for `df` degrees of freedom (Cornish-Fisher
-/// expansion around the normal quantile; within 0.1% of the tables for
-/// df >= 5).
-pub fn t975(df: usize) -> f64 {
-    let z: f64 = 1.959_964;
-    let n = df as f64;
-    z + (z.powi(3) + z) / (4.0 * n)
-        + (5.0 * z.powi(5) + 16.0 * z.powi(3) + 3.0 * z) / (96.0 * n * n)
-        + (3.0 * z.powi(7) + 19.0 * z.powi(5) + 17.0 * z.powi(3) - 15.0 * z) / (384.0 * n.powi(3))
-}
-
-/// One row of table 5e.
+/// One row of table 5d.
 #[derive(Debug, Clone, Default)]
 pub struct Switched {
     pub plan: Option<SwitchPlan>,
@@ -223,17 +133,6 @@ pub struct Switched {
 impl Switched {
     pub fn estimate(&self) -> Option<Estimate> {
         estimate(&self.phases, self.plan?.batches)
-    }
-
-    pub fn verdict(&self, goal_pct: f64) -> Verdict {
-        match self.estimate() {
-            None => Verdict::NoData,
-            Some(e) => Verdict::of(
-                e.ci.map(|(lo, hi)| (lo * 100.0, hi * 100.0)),
-                e.mean * 100.0,
-                goal_pct,
-            ),
-        }
     }
 
     /// Seconds of the phases, in all.
@@ -256,6 +155,38 @@ impl Switched {
     }
 }
 
+/// The calling thread kept on one CPU while this lives.
+struct ThreadOn(libc::cpu_set_t);
+
+impl ThreadOn {
+    fn cpu(cpu: usize) -> Result<Self> {
+        // SAFETY: cpu_set_t is plain data; both calls get valid pointers
+        // and the set's own size, for the calling thread (pid 0).
+        unsafe {
+            let mut old: libc::cpu_set_t = std::mem::zeroed();
+            let size = std::mem::size_of::<libc::cpu_set_t>();
+            if libc::sched_getaffinity(0, size, &mut old) != 0 {
+                return Err(std::io::Error::last_os_error()).context("sched_getaffinity");
+            }
+            let mut one: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut one);
+            if libc::sched_setaffinity(0, size, &one) != 0 {
+                return Err(std::io::Error::last_os_error()).context("sched_setaffinity");
+            }
+            Ok(Self(old))
+        }
+    }
+}
+
+impl Drop for ThreadOn {
+    fn drop(&mut self) {
+        // SAFETY: as in `cpu`, with the set saved there.
+        unsafe {
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &self.0);
+        }
+    }
+}
+
 fn tx_bytes(iface: &str) -> Result<u64> {
     let path = format!("/sys/class/net/{iface}/statistics/tx_bytes");
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
@@ -263,15 +194,37 @@ fn tx_bytes(iface: &str) -> Result<u64> {
 }
 
 impl Bench<'_> {
-    /// One pinned iperf3 stream; `spec` runs the whole time with its
-    /// programs moved between `layout.a` (odd phases) and `layout.b`.
+    /// One iperf3 stream with client and server on CPU 0, this thread
+    /// (which reads the counters and moves the programs) on the last CPU;
+    /// `spec` runs the whole time with its programs moved between
+    /// `layout.a` (odd phases) and `layout.b`.
+    ///
+    /// The stream on one CPU: every packet's work, podtrace's programs
+    /// included, is then paid by the CPU that limits the stream (with
+    /// client and server on two CPUs, part of it lands on the one with time
+    /// to spare), and the moves' system calls run on the other CPU instead
+    /// of taking turns with the stream.
     pub(super) fn tcp_switched(
         &mut self,
         spec: CaptureSpec,
         layout: Layout,
         plan: SwitchPlan,
     ) -> Result<Switched> {
-        self.pinned_server(|bench, pinned| bench.stream_switched(spec, layout, plan, pinned))
+        let cpus = thread::available_parallelism().map_or(1, |n| n.get());
+        let server = self.servers.pid(0).to_string();
+        let pin_server = ["taskset", "-a", "-p", "-c", "0", &server];
+        self.note_command(
+            "pin the iperf3 server to CPU 0 (table 5d only)",
+            &pin_server.map(String::from),
+        );
+        crate::sh(&pin_server)?;
+        let result = (|| {
+            let _away = (cpus > 1).then(|| ThreadOn::cpu(cpus - 1)).transpose()?;
+            self.stream_switched(spec, layout, plan)
+        })();
+        let all = format!("0-{}", cpus - 1);
+        crate::sh(&["taskset", "-a", "-p", "-c", &all, &server])?;
+        result
     }
 
     fn stream_switched(
@@ -279,7 +232,6 @@ impl Bench<'_> {
         spec: CaptureSpec,
         layout: Layout,
         plan: SwitchPlan,
-        pinned: bool,
     ) -> Result<Switched> {
         let file = self.scratch.0.join("switched.pcap");
         let _ = std::fs::remove_file(&file);
@@ -304,8 +256,10 @@ impl Bench<'_> {
             Place::Off => None,
         };
         let secs = (WARMUP.as_secs_f64() + plan.seconds() + 5.0).ceil() as u32;
-        let client = self.stream_client(secs, None, pinned);
-        self.note_command("iperf3 TCP, one long stream (table 5e)", &client);
+        let mut client: Vec<String> = ["taskset", "-c", "0"].map(String::from).into();
+        let server = (self.net.ns_ip.to_string(), self.servers.ports[0]);
+        client.extend(client_argv(&server.0, server.1, secs, Load::Tcp, 1));
+        self.note_command("iperf3 TCP, one long stream (table 5d)", &client);
         self.wait_quiet()?;
 
         let running = Running::start(&argv)?;
@@ -374,14 +328,14 @@ impl Bench<'_> {
     }
 }
 
-/// Table 5e: one row per setup, each its own stream.
+/// Table 5d: one row per setup, each its own stream.
 pub fn render(rows: &[(String, &Switched)], o: &mut String) {
     let Some(plan) = rows.first().and_then(|(_, t)| t.plan) else {
         return;
     };
     let _ = writeln!(
         o,
-        "\n### 5e. TCP with podtrace's programs moved every {ms} ms inside one stream\n\n\
+        "\n### 5d. TCP with podtrace's programs moved every {ms} ms inside one stream\n\n\
          The stream's throughput moves by tens of percent from one second to the next here, \
          but slowly next to {ms} ms. So podtrace is started once and runs all along, and the \
          benchmark moves its two programs' TCX links every {ms} ms between two places, A in odd \
@@ -393,8 +347,10 @@ pub fn render(rows: &[(String, &Switched)], o: &mut String) {
          the moves themselves count for neither side. {phases} phases ({secs:.0} s) make \
          {batches} batches of consecutive phases; each batch gives bytes per second in A over \
          bytes per second in B, and the table shows the mean of those ratios with a 95% \
-         confidence interval (Student's t over the batches). Client and server are pinned to \
-         different CPUs, podtrace is not.\n\n\
+         confidence interval (Student's t over the batches). Client and server are pinned to CPU \
+         0, so every packet's work is paid by the CPU that limits the stream; the benchmark's \
+         thread that reads the counter and moves the programs runs on the other CPU; podtrace \
+         is not pinned.\n\n\
          - **stream vs idle** is the goal's row: moves both ways do the same work, and the only \
          difference is whether the programs are in the stream's path.\n\
          - **no filter** checks that the method sees a cost that is there (every packet copied).\n\
@@ -415,8 +371,7 @@ pub fn render(rows: &[(String, &Switched)], o: &mut String) {
         let (a, b) = s.gbps();
         let c = s.capture;
         let place = |p: Option<Place>| p.map_or("—", Place::name);
-        let _ =
-            writeln!(
+        let _ = writeln!(
             o,
             "| {label} | {} | {} | {} | {} | {}% | {} | {} | {} | {} | {} | {} / {} | {:.1} | {} |",
             place(s.layout.map(|l| l.a)),
@@ -424,14 +379,18 @@ pub fn render(rows: &[(String, &Switched)], o: &mut String) {
             fmt_opt(a, 2),
             fmt_opt(b, 2),
             fmt_opt(est.map(|e| e.mean * 100.0), 2),
-            est.and_then(|e| e.ci).map_or("—".into(), |(lo, hi)| format!(
-                "{:.2}–{:.2}%",
-                lo * 100.0,
-                hi * 100.0
-            )),
+            est.and_then(|e| e.ci)
+                .map_or("—".into(), |(lo, hi)| format!(
+                    "{:.2}–{:.2}%",
+                    lo * 100.0,
+                    hi * 100.0
+                )),
             est.map_or(0, |e| e.batches),
             c.map_or("—".into(), |c| c.captured.to_string()),
-            c.and_then(|c| c.filtered).map_or("—".into(), |f| f.to_string()),
+            match c {
+                None => "—".into(),
+                Some(c) => c.filtered.map_or("no filter".into(), |f| f.to_string()),
+            },
             fmt_opt(
                 (s.seconds() > 0.0).then(|| s.podtrace_cpu.as_secs_f64() / s.seconds() * 100.0),
                 3

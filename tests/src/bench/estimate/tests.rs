@@ -22,8 +22,23 @@ fn samples(n: usize, secs: f64, rate: impl Fn(usize) -> f64) -> Vec<(Sample, Sam
 #[test]
 fn phases_leave_the_moves_out() {
     let s = [
-        (Sample { at: 0.0, bytes: 10 }, Sample { at: 0.02, bytes: 30 }),
-        (Sample { at: 0.021, bytes: 900 }, Sample { at: 0.05, bytes: 901 }),
+        (
+            Sample { at: 0.0, bytes: 10 },
+            Sample {
+                at: 0.02,
+                bytes: 30,
+            },
+        ),
+        (
+            Sample {
+                at: 0.021,
+                bytes: 900,
+            },
+            Sample {
+                at: 0.05,
+                bytes: 901,
+            },
+        ),
     ];
     let p = phases(&s);
     assert_eq!(p.iter().map(|p| p.1).collect::<Vec<_>>(), [20, 1]);
@@ -84,18 +99,24 @@ fn noise_widens_the_interval_and_the_verdict_follows_it() {
     let (lo, hi) = e.ci.unwrap();
     assert!((e.mean - 1.0).abs() < 1e-6);
     assert!(lo < 0.96 && hi > 1.04, "{e:?}");
-    let row = Switched {
-        plan: Some(SwitchPlan {
-            phase: Duration::from_millis(20),
-            phases: 400,
-            batches: 20,
-        }),
-        phases: p,
-        ..Switched::default()
+    assert_eq!(e.verdict(99.0), Verdict::Unresolved);
+    assert_eq!(e.verdict(94.0), Verdict::Shown);
+    assert_eq!(e.verdict(106.0), Verdict::Refuted);
+    assert_eq!(e.holds(100.0), Some(true));
+    assert_eq!(e.holds(106.0), Some(false));
+}
+
+#[test]
+fn without_an_interval_the_mean_decides() {
+    let e = Estimate {
+        mean: 0.995,
+        ci: None,
+        batches: 2,
     };
-    assert_eq!(row.verdict(99.0), Verdict::Unresolved);
-    assert_eq!(row.verdict(94.0), Verdict::Shown);
-    assert_eq!(row.verdict(106.0), Verdict::Refuted);
+    assert_eq!(e.verdict(99.0), Verdict::MeanOnly(true));
+    assert_eq!(e.verdict(99.6), Verdict::MeanOnly(false));
+    assert_eq!(e.holds(100.0), None);
+    assert_eq!(Verdict::MeanOnly(true).cell(), "yes");
 }
 
 #[test]
@@ -121,14 +142,4 @@ fn t_quantiles_match_the_tables() {
             t975(df)
         );
     }
-}
-
-#[test]
-fn gbps_of_each_side() {
-    let row = Switched {
-        phases: vec![(1.0, 1_000_000_000), (1.0, 500_000_000)],
-        ..Switched::default()
-    };
-    let (on, off) = row.gbps();
-    assert_eq!((on, off), (Some(4.0), Some(8.0)));
 }
