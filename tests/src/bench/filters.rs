@@ -264,8 +264,8 @@ impl Bench<'_> {
             self.filter_tcp_runs(out)?;
         }
         if self.opts.runs("filter-switch") {
-            let plan = SwitchPlan::new(self.opts.quick);
             for (name, filter, layout) in switch_rows() {
+                let plan = SwitchPlan::new(self.opts.quick, name == GOAL_ROW);
                 let row = self.tcp_switched(podtrace(filter), layout, plan)?;
                 let est = row.estimate();
                 eprintln!(

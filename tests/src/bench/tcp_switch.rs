@@ -1,26 +1,27 @@
-//! Table 5d: what podtrace's programs cost one TCP stream, measured by
-//! moving them on and off the stream's path every few milliseconds.
+//! Table 5d: what podtrace costs one TCP stream with a filter matching
+//! nothing, measured by moving its programs on and off the stream's path
+//! every 20 ms inside the stream.
 //!
 //! Why: on this VM the throughput of a stream moves by tens of percent from
 //! one second to the next (other guests on the host), so stretches seconds
-//! apart (table 5a) cannot resolve 1%. Most of that noise is slow
-//! next to 20 ms, so 20-ms phases of one kind and the other, interleaved,
-//! see the same conditions. podtrace runs the whole time, as a user runs
-//! it; [`HookMover`] moves its programs' links between interfaces without
+//! apart (table 5a) cannot resolve 1%. That noise is slow next to 20 ms, so
+//! 20-ms phases of one kind and the other, interleaved, see the same
+//! conditions. podtrace runs the whole time, as a user runs it;
+//! [`HookMover`] moves its programs' TCX links between interfaces without
 //! reloading anything. Throughput is the stream's veth's own byte counter,
-//! read at every move.
+//! read just after each move and just before the next, so the moves' own
+//! system calls count for neither side.
 //!
-//! Every move attaches at the new place before detaching from the old, so a
-//! move from the stream's veth to an idle veth does the same work as the
-//! move back: the goal's row compares those two places, and the difference
-//! is only whether the programs are in the stream's path. A move to or from
-//! "nowhere" is not symmetric (the kernel's TC static keys flip, attach and
-//! detach differ), so the row that compares an idle veth with nowhere
-//! (what else podtrace changes: static keys that send every packet of the
-//! machine through a TC hook check, podtrace's own process) also carries
-//! the benchmark's own asymmetry: an upper bound. The remaining rows check
-//! the method: no filter (every packet copied: a cost it must see) and two
-//! idle veths (nothing differs: it must see none).
+//! The stream runs on CPU 0 alone and the thread that moves the programs on
+//! the other CPU: every packet's work, podtrace's programs included, is
+//! paid by the CPU that limits the stream, and the moves do not take turns
+//! with it.
+//!
+//! Rows (`filters::switch_rows`): podtrace vs nothing (the goal), split into
+//! the programs in the stream's path (vs on an idle veth) and beside it (on
+//! an idle veth vs nowhere: TC's static keys); and two checks of the
+//! method: no filter (every packet copied, a cost it must see) and two idle
+//! veths (nothing differs, so it must see nothing).
 //!
 //! How the phases become an estimate: [`super::estimate`].
 
@@ -59,22 +60,22 @@ pub struct SwitchPlan {
 }
 
 impl SwitchPlan {
-    pub fn new(quick: bool) -> Self {
+    /// `goal`: the row the goal is read from. A 4-minute row resolves
+    /// about ±0.35% here; that row runs 20 minutes (±0.15%).
+    pub fn new(quick: bool, goal: bool) -> Self {
         let phase = Duration::from_millis(20);
-        if quick {
+        let (phases, batches) = match (quick, goal) {
             // Enough batches for an interval (a wide one), ~5 s a row.
-            Self {
-                phase,
-                phases: 240,
-                batches: 6,
-            }
-        } else {
-            // 4 minutes a row; 20 batches of 12 s.
-            Self {
-                phase,
-                phases: 12_000,
-                batches: 20,
-            }
+            (true, _) => (240, 6),
+            // 50 batches of 24 s.
+            (false, true) => (60_000, 50),
+            // 20 batches of 12 s.
+            (false, false) => (12_000, 20),
+        };
+        Self {
+            phase,
+            phases,
+            batches,
         }
     }
 
@@ -344,27 +345,25 @@ pub fn render(rows: &[(String, &Switched)], o: &mut String) {
          attaches them; each move attaches at the new place before detaching from the old, and \
          `/sys/kernel/rcu_expedited` is 1 meanwhile, or a move would wait ~25 ms for RCU). The \
          stream's veth's `tx_bytes` is read just after every move and just before the next, so \
-         the moves themselves count for neither side. {phases} phases ({secs:.0} s) make \
-         {batches} batches of consecutive phases; each batch gives bytes per second in A over \
+         the moves themselves count for neither side. Each row's phases are cut into batches \
+         of consecutive phases (the goal's row runs longest: the interval narrows with the \
+         square root of the time); each batch gives bytes per second in A over \
          bytes per second in B, and the table shows the mean of those ratios with a 95% \
          confidence interval (Student's t over the batches). Client and server are pinned to CPU \
          0, so every packet's work is paid by the CPU that limits the stream; the benchmark's \
          thread that reads the counter and moves the programs runs on the other CPU; podtrace \
          is not pinned.\n\n\
-         - **stream vs idle** is the goal's row: moves both ways do the same work, and the only \
-         difference is whether the programs are in the stream's path.\n\
+         - **podtrace vs nothing** is the goal's row: the programs on the stream's veth, or \
+         attached nowhere.\n\
+         - **in the path** and **beside the path** split it: the programs on the stream's veth \
+         vs on an idle veth (moves both ways do the same work), and on an idle veth vs nowhere \
+         (what enabling TC costs the machine: while any TC program is attached anywhere, every \
+         packet of every device passes a check of its device's TC hook).\n\
          - **no filter** checks that the method sees a cost that is there (every packet copied).\n\
-         - **idle vs idle** checks that it sees none where there is none.\n\
-         - **idle vs nowhere** is what else a running podtrace changes: TC's static keys (while \
-         any TC program is attached, every packet on the machine passes a hook that checks its \
-         device), podtrace's own process. Attaching and detaching do not cost the same, so this \
-         row also carries the benchmark's own asymmetry: an upper bound.\n\n\
-         | setup | A (odd phases) | B (even phases) | A, Gbit/s | B, Gbit/s | A / B, mean of batches | 95% confidence interval | batches | captured | filtered | podtrace CPU, % of one | move into A / into B, µs | other processes, CPU s | hypervisor steal, ticks |\n\
-         |---|---|---|---:|---:|---:|---|---:|---:|---:|---:|---|---:|---:|",
+         - **nothing differs** (two idle veths) checks that it sees none where there is none.\n\n\
+         | setup | A (odd phases) | B (even phases) | A, Gbit/s | B, Gbit/s | A / B, mean of batches | 95% confidence interval | seconds | batches | captured | filtered | podtrace CPU, % of one | move into A / into B, µs | other processes, CPU s | hypervisor steal, ticks |\n\
+         |---|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---|---:|---:|",
         ms = plan.phase.as_millis(),
-        phases = plan.phases,
-        secs = plan.seconds(),
-        batches = plan.batches,
     );
     for (label, s) in rows {
         let est = s.estimate();
@@ -373,7 +372,7 @@ pub fn render(rows: &[(String, &Switched)], o: &mut String) {
         let place = |p: Option<Place>| p.map_or("—", Place::name);
         let _ = writeln!(
             o,
-            "| {label} | {} | {} | {} | {} | {}% | {} | {} | {} | {} | {} | {} / {} | {:.1} | {} |",
+            "| {label} | {} | {} | {} | {} | {}% | {} | {:.0} | {} | {} | {} | {} | {} / {} | {:.1} | {} |",
             place(s.layout.map(|l| l.a)),
             place(s.layout.map(|l| l.b)),
             fmt_opt(a, 2),
@@ -385,6 +384,7 @@ pub fn render(rows: &[(String, &Switched)], o: &mut String) {
                     lo * 100.0,
                     hi * 100.0
                 )),
+            s.seconds(),
             est.map_or(0, |e| e.batches),
             c.map_or("—".into(), |c| c.captured.to_string()),
             match c {
