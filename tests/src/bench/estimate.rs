@@ -107,6 +107,13 @@ impl Estimate {
         }
     }
 
+    /// The interval in percent, "lo–hi%", or "—" without one.
+    pub fn ci_text(&self) -> String {
+        self.ci.map_or("—".into(), |(lo, hi)| {
+            format!("{:.2}–{:.2}%", lo * 100.0, hi * 100.0)
+        })
+    }
+
     /// Whether the interval holds `pct` percent (a method check).
     pub fn holds(&self, pct: f64) -> Option<bool> {
         self.ci

@@ -273,12 +273,7 @@ impl Bench<'_> {
                     plan.phase.as_millis(),
                     switch_label(name, filter),
                     fmt_opt(est.map(|e| e.mean * 100.0), 2),
-                    est.and_then(|e| e.ci)
-                        .map_or("—".into(), |(lo, hi)| format!(
-                            "{:.2}-{:.2}%",
-                            lo * 100.0,
-                            hi * 100.0
-                        )),
+                    est.map_or("—".into(), |e| e.ci_text()),
                 );
                 out.switched.push(row);
             }
@@ -551,12 +546,7 @@ impl FilterResults {
         };
         let pct = |e: Option<Estimate>| {
             e.map_or("—".into(), |e| match e.ci {
-                Some((lo, hi)) => format!(
-                    "{:.2}% (95% CI {:.2}–{:.2}%)",
-                    e.mean * 100.0,
-                    lo * 100.0,
-                    hi * 100.0
-                ),
+                Some(_) => format!("{:.2}% (95% CI {})", e.mean * 100.0, e.ci_text()),
                 None => format!("{:.2}%", e.mean * 100.0),
             })
         };

@@ -378,12 +378,7 @@ pub fn render(rows: &[(String, &Switched)], o: &mut String) {
             fmt_opt(a, 2),
             fmt_opt(b, 2),
             fmt_opt(est.map(|e| e.mean * 100.0), 2),
-            est.and_then(|e| e.ci)
-                .map_or("—".into(), |(lo, hi)| format!(
-                    "{:.2}–{:.2}%",
-                    lo * 100.0,
-                    hi * 100.0
-                )),
+            est.map_or("—".into(), |e| e.ci_text()),
             s.seconds(),
             est.map_or(0, |e| e.batches),
             c.map_or("—".into(), |c| c.captured.to_string()),
