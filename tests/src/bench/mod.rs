@@ -14,27 +14,26 @@
 mod estimate;
 mod filter_cost;
 mod filters;
+mod first_packet;
 mod hook_mover;
 mod iperf;
 mod procs;
 mod report;
 mod tcp_switch;
+mod throughput;
 
 use std::{
-    net::UdpSocket,
-    path::{Path, PathBuf},
-    sync::atomic::{AtomicBool, Ordering},
+    path::PathBuf,
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context, Result};
 
-pub use self::{filters::MATCHED_NOTHING, report::row_labels};
+pub use self::{filters::MATCHED_NOTHING, first_packet::FirstPacket, report::row_labels};
 use self::{
     iperf::{run_clients, Load, Servers, Traffic},
     procs::{
-        check_interrupted, count_in_file, pause, CaptureSpec, CaptureStats, Guarded, Running,
-        Scratch, Tool,
+        check_interrupted, count_in_file, pause, CaptureSpec, CaptureStats, Running, Scratch, Tool,
     },
     report::Report,
 };
@@ -179,47 +178,6 @@ pub struct LossFree {
     /// without loss, while unthrottled ones lost at this rate: the limit lies
     /// between `pps` and this.
     pub lossy_above: Option<f64>,
-}
-
-/// Time-to-first-packet contenders.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum FirstPacket {
-    Podtrace,
-    NsenterTcpdump,
-    NsenterTcpdumpImmediate,
-}
-
-impl FirstPacket {
-    pub const ALL: [Self; 3] = [
-        Self::Podtrace,
-        Self::NsenterTcpdump,
-        Self::NsenterTcpdumpImmediate,
-    ];
-
-    fn argv(self, podtrace: &Path, pid: u32, file: &Path) -> Vec<String> {
-        let file = file.display().to_string();
-        let pid = pid.to_string();
-        let tcpdump = |extra: &[&str]| {
-            let mut v: Vec<String> = ["nsenter", "-t", &pid, "-n", "tcpdump", "-i", "eth0", "-U"]
-                .map(String::from)
-                .to_vec();
-            v.extend(extra.iter().map(|s| s.to_string()));
-            v.extend(["-w".into(), file.clone()]);
-            v
-        };
-        match self {
-            Self::Podtrace => vec![
-                podtrace.display().to_string(),
-                "capture".into(),
-                "--pid".into(),
-                pid.clone(),
-                "-w".into(),
-                file.clone(),
-            ],
-            Self::NsenterTcpdump => tcpdump(&[]),
-            Self::NsenterTcpdumpImmediate => tcpdump(&["--immediate-mode"]),
-        }
-    }
 }
 
 /// Runs the whole benchmark and writes the report; returns its text.
@@ -448,201 +406,6 @@ impl<'a> Bench<'a> {
             }
         }
     }
-
-    fn tcp(&mut self, report: &mut Report) -> Result<()> {
-        let specs = [
-            spec(Tool::Nothing, 0),
-            spec(Tool::Tcpdump, 96),
-            spec(Tool::Podtrace, 96),
-            spec(Tool::Tcpdump, FULL),
-            spec(Tool::Podtrace, FULL),
-        ];
-        for run in 0..self.plan.runs {
-            for &s in rotated(&specs, run) {
-                let r = self.run(s, Load::Tcp, 1, self.plan.tcp_secs)?;
-                eprintln!(
-                    "bench:   {:<28} {:6.2} Gbit/s",
-                    report::tcp_label(s),
-                    r.traffic.bits_per_second / 1e9
-                );
-                report.tcp.entry(s).or_default().push(r);
-            }
-        }
-        Ok(())
-    }
-
-    fn udp(&mut self, report: &mut Report) -> Result<()> {
-        let tools = [Tool::Nothing, Tool::Tcpdump, Tool::Podtrace];
-        for senders in SENDERS {
-            for len in UDP_LENS {
-                for run in 0..self.plan.runs {
-                    for &tool in rotated(&tools, run) {
-                        let s = spec(tool, UDP_SNAPLEN);
-                        let load = Load::Udp { len, pps: 0 };
-                        let r = self.run(s, load, senders, self.plan.udp_secs)?;
-                        log_udp(&report::udp_label(len, senders, tool), &r);
-                        let key = (len, senders, tool);
-                        report.udp.entry(key).or_default().push(r);
-                        if tool != Tool::Nothing {
-                            let found = self.loss_free(s, len, senders, &r)?;
-                            report.loss_free.entry(key).or_default().push(found);
-                        }
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Highest loss-free rate, starting from an unthrottled run: if that
-    /// lost nothing the senders are the limit; else halve the interval
-    /// between 0 and its rate `search_steps` times.
-    fn loss_free(
-        &mut self,
-        s: CaptureSpec,
-        len: u32,
-        senders: u16,
-        full: &RunResult,
-    ) -> Result<LossFree> {
-        if full.lossless() {
-            return Ok(LossFree {
-                pps: full.traffic.sent_pps(),
-                sender_limited: true,
-                lossy_above: None,
-            });
-        }
-        let unthrottled = full.traffic.sent_pps();
-        let (mut low, mut high) = (0.0, unthrottled);
-        let mut best = 0.0f64;
-        for _ in 0..self.plan.search_steps {
-            let mid = (low + high) / 2.0;
-            let load = Load::Udp {
-                len,
-                pps: mid as u64,
-            };
-            let r = self.run(s, load, senders, self.plan.step_secs)?;
-            log_udp(&format!("  search at {:.0} kpps", mid / 1e3), &r);
-            if r.lossless() {
-                best = best.max(r.traffic.sent_pps());
-                if r.traffic.sent_pps() < 0.95 * mid {
-                    // Pacing costs iperf3 more than sending flat out: it
-                    // cannot go faster, so searching higher is pointless.
-                    return Ok(LossFree {
-                        pps: best,
-                        sender_limited: false,
-                        lossy_above: Some(unthrottled),
-                    });
-                }
-                low = mid;
-            } else {
-                high = mid;
-            }
-        }
-        Ok(LossFree {
-            pps: best,
-            sender_limited: false,
-            lossy_above: None,
-        })
-    }
-
-    /// Both tools with a buffer too small on purpose: does the loss they
-    /// report match what is missing from their files?
-    fn small_buffers(&mut self, report: &mut Report) -> Result<()> {
-        let senders = *SENDERS.iter().max().unwrap();
-        for run in 0..self.plan.runs {
-            for &tool in rotated(&[Tool::Tcpdump, Tool::Podtrace], run) {
-                let s = CaptureSpec {
-                    tool,
-                    snaplen: UDP_SNAPLEN,
-                    buffer_kib: Some(SMALL_BUFFER_KIB),
-                    filter: None,
-                };
-                let load = Load::Udp { len: 64, pps: 0 };
-                let r = self.run(s, load, senders, self.plan.udp_secs)?;
-                log_udp(&report::small_label(tool), &r);
-                report.small.entry(tool).or_default().push(r);
-            }
-        }
-        Ok(())
-    }
-
-    /// From command start to the first packet in the file, with a packet
-    /// sent into the namespace every 2 ms.
-    fn first_packet(&mut self, report: &mut Report) -> Result<()> {
-        let pid = self.net.spawn_sleeper()?;
-        let stop = AtomicBool::new(false);
-        let sock = UdpSocket::bind((self.net.host_ip, 0))?;
-        let to = (self.net.ns_ip, 9);
-        std::thread::scope(|scope| -> Result<()> {
-            scope.spawn(|| {
-                while !stop.load(Ordering::Relaxed) {
-                    let _ = sock.send_to(b"podtrace-bench", to);
-                    std::thread::sleep(Duration::from_millis(2));
-                }
-            });
-            let result = (|| {
-                for run in 0..self.plan.runs {
-                    for &who in rotated(&FirstPacket::ALL, run) {
-                        let took = self.time_to_first_packet(who, pid)?;
-                        eprintln!(
-                            "bench:   {:<40} {:7.1} ms",
-                            report::first_packet_label(who),
-                            took.as_secs_f64() * 1e3
-                        );
-                        report.first_packet.entry(who).or_default().push(took);
-                    }
-                }
-                Ok(())
-            })();
-            stop.store(true, Ordering::Relaxed);
-            result
-        })
-    }
-
-    fn time_to_first_packet(&mut self, who: FirstPacket, pid: u32) -> Result<Duration> {
-        let file = self.scratch.0.join("first.pcap");
-        let _ = std::fs::remove_file(&file);
-        let argv = who.argv(&self.opts.podtrace, pid, &file);
-        self.note_command(report::first_packet_label(who), &argv);
-        let mut cmd = std::process::Command::new(&argv[0]);
-        cmd.args(&argv[1..])
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
-        // pcap file header (24 bytes) + one record header (16) + data.
-        let one_packet = 24 + 16 + 14;
-        let start = Instant::now();
-        let mut child = Guarded::spawn(&mut cmd)?;
-        let took = loop {
-            if std::fs::metadata(&file).is_ok_and(|m| m.len() >= one_packet) {
-                break start.elapsed();
-            }
-            if let Some(status) = child.0.try_wait()? {
-                bail!(
-                    "{} exited ({status}) before writing a packet",
-                    argv.join(" ")
-                );
-            }
-            if start.elapsed() > Duration::from_secs(30) {
-                bail!("no packet from {} in 30 s", argv.join(" "));
-            }
-            check_interrupted()?;
-            std::thread::sleep(Duration::from_micros(500));
-        };
-        child.signal(libc::SIGINT);
-        child.wait(Duration::from_secs(20))?;
-        let _ = std::fs::remove_file(&file);
-        Ok(took)
-    }
-}
-
-fn spec(tool: Tool, snaplen: u32) -> CaptureSpec {
-    CaptureSpec {
-        tool,
-        snaplen,
-        buffer_kib: None,
-        filter: None,
-    }
 }
 
 /// `items` starting at a different one each run, so no setup always runs
@@ -650,22 +413,6 @@ fn spec(tool: Tool, snaplen: u32) -> CaptureSpec {
 fn rotated<T>(items: &[T], run: usize) -> impl Iterator<Item = &T> {
     let k = run % items.len();
     items[k..].iter().chain(&items[..k])
-}
-
-fn log_udp(label: &str, r: &RunResult) {
-    let capture = match (r.capture, r.missing()) {
-        (Some(c), Some(missing)) => format!(
-            ", reported lost {}, missing from file {missing}, cpu {:.2} s",
-            c.lost,
-            c.cpu.as_secs_f64()
-        ),
-        _ => String::new(),
-    };
-    eprintln!(
-        "bench:   {label:<36} sent {:7.1} kpps, received {:7.1} kpps{capture}",
-        r.traffic.sent_pps() / 1e3,
-        r.traffic.received_pps() / 1e3
-    );
 }
 
 /// Processes a killed earlier run left in its namespace (iperf3 servers,
