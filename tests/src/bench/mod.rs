@@ -29,7 +29,10 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-pub use self::{filters::MATCHED_NOTHING, first_packet::FirstPacket, report::row_labels};
+pub use self::{
+    filters::MATCHED_NOTHING, first_packet::FirstPacket, report::row_labels,
+    tcp_switch::GOAL_MINUTES,
+};
 use self::{
     iperf::{run_clients, Load, Servers, Traffic},
     procs::{
@@ -67,6 +70,8 @@ pub struct Options {
     /// Only these sections (see [`SECTIONS`]); all when empty. For work on
     /// one measurement: the report's other tables stay empty.
     pub only: Vec<String>,
+    /// Minutes of table 5d's goal row (full runs).
+    pub goal_minutes: u32,
 }
 
 /// The sections `--only` picks from, in the order they run.

@@ -59,18 +59,25 @@ pub struct SwitchPlan {
     pub batches: usize,
 }
 
+/// Minutes of the goal's row in a full run: resolves about ±0.15% here.
+pub const GOAL_MINUTES: u32 = 20;
+
 impl SwitchPlan {
-    /// `goal`: the row the goal is read from. A 4-minute row resolves
-    /// about ±0.35% here; that row runs 20 minutes (±0.15%).
-    pub fn new(quick: bool, goal: bool) -> Self {
+    /// `goal_minutes`: set for the row the goal is read from, which runs
+    /// that long in batches of 24 s; the others run 4 minutes, which
+    /// resolves about ±0.35% here.
+    pub fn new(quick: bool, goal_minutes: Option<u32>) -> Self {
         let phase = Duration::from_millis(20);
-        let (phases, batches) = match (quick, goal) {
+        let per_second = (1000 / phase.as_millis()) as usize;
+        let (phases, batches) = match (quick, goal_minutes) {
             // Enough batches for an interval (a wide one), ~5 s a row.
             (true, _) => (240, 6),
-            // 50 batches of 24 s.
-            (false, true) => (60_000, 50),
+            (false, Some(m)) => {
+                let secs = m.max(1) as usize * 60;
+                (secs * per_second, (secs / 24).max(2))
+            }
             // 20 batches of 12 s.
-            (false, false) => (12_000, 20),
+            (false, None) => (240 * per_second, 20),
         };
         Self {
             phase,

@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! podtrace-bench [--quick] [--out FILE] [--net-id N] [--only SECTION,...]
+//!                [--goal-minutes M]
 //! ```
 //!
 //! The podtrace binary under test is `PODTRACE_BIN` (default: the
@@ -24,6 +25,7 @@ fn parse() -> Result<Options> {
             .map(PathBuf::from)
             .unwrap_or_else(|| workspace.join("target/release/podtrace")),
         only: Vec::new(),
+        goal_minutes: bench::GOAL_MINUTES,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -36,6 +38,13 @@ fn parse() -> Result<Options> {
                     .and_then(|n| n.parse().ok())
                     .filter(|&n| n > 0)
                     .context("--net-id needs a number from 1 to 255")?;
+            }
+            "--goal-minutes" => {
+                opts.goal_minutes = args
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .filter(|&n| n > 0)
+                    .context("--goal-minutes needs a number of minutes (1 or more)")?;
             }
             "--only" => {
                 let list = args.next().context("--only needs sections")?;
@@ -51,7 +60,7 @@ fn parse() -> Result<Options> {
             }
             "-h" | "--help" => {
                 println!(
-                    "usage: podtrace-bench [--quick] [--out FILE] [--net-id N] [--only SECTION,...]\n\
+                    "usage: podtrace-bench [--quick] [--out FILE] [--net-id N] [--only SECTION,...] [--goal-minutes M]\n\
                      sections: {}",
                     bench::SECTIONS.join(", ")
                 );

@@ -265,7 +265,8 @@ impl Bench<'_> {
         }
         if self.opts.runs("filter-switch") {
             for (name, filter, layout) in switch_rows() {
-                let plan = SwitchPlan::new(self.opts.quick, name == GOAL_ROW);
+                let goal = (name == GOAL_ROW).then_some(self.opts.goal_minutes);
+                let plan = SwitchPlan::new(self.opts.quick, goal);
                 let row = self.tcp_switched(podtrace(filter), layout, plan)?;
                 let est = row.estimate();
                 eprintln!(

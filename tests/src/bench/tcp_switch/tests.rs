@@ -13,7 +13,7 @@ fn gbps_of_each_side() {
 #[test]
 fn a_row_without_phases_has_no_estimate() {
     let row = Switched {
-        plan: Some(SwitchPlan::new(false, false)),
+        plan: Some(SwitchPlan::new(false, None)),
         ..Switched::default()
     };
     assert_eq!(row.estimate(), None);
@@ -22,9 +22,13 @@ fn a_row_without_phases_has_no_estimate() {
 
 #[test]
 fn the_goal_row_runs_longest() {
-    let (goal, other) = (SwitchPlan::new(false, true), SwitchPlan::new(false, false));
+    let goal = SwitchPlan::new(false, Some(GOAL_MINUTES));
+    let other = SwitchPlan::new(false, None);
     assert!(goal.seconds() >= 4.0 * other.seconds());
     assert!(goal.batches > other.batches);
-    let quick = SwitchPlan::new(true, true);
+    assert_eq!((goal.phases, goal.batches), (60_000, 50));
+    let longer = SwitchPlan::new(false, Some(40));
+    assert_eq!((longer.seconds(), longer.batches), (2400.0, 100));
+    let quick = SwitchPlan::new(true, Some(GOAL_MINUTES));
     assert!(quick.seconds() < 10.0 && quick.batches >= 6);
 }
