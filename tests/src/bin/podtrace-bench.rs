@@ -15,6 +15,11 @@ use std::{path::PathBuf, process::ExitCode};
 use anyhow::{bail, Context, Result};
 use podtrace_tests::bench::{self, Options};
 
+/// An option's value as a whole number above zero.
+fn positive<T: std::str::FromStr + Default + PartialOrd>(value: Option<String>) -> Option<T> {
+    value?.parse().ok().filter(|n| *n > T::default())
+}
+
 fn parse() -> Result<Options> {
     let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let mut opts = Options {
@@ -33,17 +38,11 @@ fn parse() -> Result<Options> {
             "--quick" => opts.quick = true,
             "--out" => opts.out = args.next().context("--out needs a file")?.into(),
             "--net-id" => {
-                opts.net_id = args
-                    .next()
-                    .and_then(|n| n.parse().ok())
-                    .filter(|&n| n > 0)
-                    .context("--net-id needs a number from 1 to 255")?;
+                opts.net_id =
+                    positive(args.next()).context("--net-id needs a number from 1 to 255")?;
             }
             "--goal-minutes" => {
-                opts.goal_minutes = args
-                    .next()
-                    .and_then(|n| n.parse().ok())
-                    .filter(|&n| n > 0)
+                opts.goal_minutes = positive(args.next())
                     .context("--goal-minutes needs a number of minutes (1 or more)")?;
             }
             "--only" => {
