@@ -64,6 +64,26 @@ pub const MAX_FILTER_INSNS: u32 = 4096;
 /// Slots of classic BPF's scratch memory `M[]` (`BPF_MEMWORDS`).
 pub const FILTER_MEMWORDS: u32 = 16;
 
+/// Both filter engines read a packet offset below this straight from the
+/// skb's linear head (when the head holds it), anything else with
+/// `bpf_skb_load_bytes`. The verifier allows direct offsets up to 0xffff;
+/// filters rarely look past the first few hundred bytes.
+pub const FILTER_DIRECT_MAX: u32 = 0x3fff;
+
+/// Where an 802.1Q/802.1ad tag sits in an Ethernet frame: after the two
+/// MAC addresses.
+pub const VLAN_TAG_OFFSET: u32 = 12;
+
+/// Bytes of one 802.1Q/802.1ad tag (TPID and TCI).
+///
+/// On receive, and on transmit from a VLAN device or a bridge, the kernel
+/// keeps a frame's outer tag in skb metadata (`vlan_present`, `vlan_proto`,
+/// `vlan_tci`) instead of in the packet bytes TC programs read. Like libpcap
+/// on Linux, podtrace puts that tag back at [`VLAN_TAG_OFFSET`] in the frame
+/// it writes, and its filters see the frame as written: 4 bytes longer,
+/// with the tag at offset 12.
+pub const VLAN_TAG_LEN: u32 = 4;
+
 #[cfg(feature = "user")]
 // SAFETY: plain old data, repr(C), no padding holes left uninitialised by the
 // kernel side (it writes `_pad` explicitly).

@@ -2,28 +2,30 @@
 //! in the `FILTER` map) on the packet, before anything is copied to the ring.
 //!
 //! This is the fallback engine: userspace first translates the filter to
-//! native eBPF (`podtrace/src/filter/translate.rs`, ~1 ns per instruction
-//! once JIT-compiled) and loads these programs without a filter; the
-//! interpreter runs what the verifier refuses translated, or what is too
-//! big for 16-bit jumps, and whatever `--filter-engine interpreter` asks for.
+//! native eBPF (`podtrace/src/filter/translate.rs`, several times faster per
+//! instruction: BENCHMARKS.md, table 5c) and loads these programs without a
+//! filter; the interpreter runs what the verifier refuses translated, what
+//! is too big for 16-bit jumps, programs that loop (`protochain`), and
+//! whatever `--filter-engine interpreter` asks for.
 //!
 //! Why an interpreter driven by `bpf_loop`, one cBPF instruction per
 //! callback: the verifier checks the callback body once, whatever the filter
-//! length (~23-32 k processed instructions here, the same for 20 or 4059
-//! cBPF instructions), so real-world filters of thousands of instructions
-//! load. A plain bounded loop is unrolled by the verifier and hits its 1 M
-//! instruction limit at ~16 cBPF instructions. Measured here with
-//! BPF_PROG_TEST_RUN on a 64-byte UDP frame (egress program): ~100-120 ns
-//! per packet for a filter rejecting after 3 instructions, ~210 ns after 12
-//! (`udp port 9`), ~650 ns after 67 (a 31-host list), so ~8-11 ns per
-//! interpreted instruction; capturing that frame with no filter, ~90 ns.
+//! length, so real-world filters of thousands of instructions load. A plain
+//! bounded loop is unrolled by the verifier and hits its 1 M instruction
+//! limit at ~16 cBPF instructions.
 //!
 //! Semantics are those of libpcap's `bpf_filter()` (what `tcpdump -r` runs):
 //! packet loads are bounds-checked against the whole packet (`skb->len`),
 //! and an out-of-bounds load, a division or modulo by zero, or a malformed
-//! instruction rejects the packet (returns 0). Loads read the linear head
-//! directly and anything beyond it with `bpf_skb_load_bytes`, so non-linear
-//! GSO super-packets (up to 64 KiB on a host veth's egress) are read whole.
+//! instruction rejects the packet (returns 0). `ja` takes its offset as
+//! signed, as libpcap does for `protochain`'s loop over extension headers.
+//! Loads read the linear head directly and anything beyond it with
+//! `bpf_skb_load_bytes`, so non-linear GSO super-packets (up to 64 KiB on a
+//! host veth's egress) are read whole.
+//!
+//! The packet is the frame podtrace writes: with an outer VLAN tag the
+//! kernel holds in metadata put back at offset 12 (`podtrace_common::VLAN_TAG_LEN`),
+//! so loads past the tag read 4 bytes earlier in the skb and `len` is 4 more.
 
 use core::ffi::c_void;
 
@@ -31,7 +33,10 @@ use aya_ebpf::{
     bindings::__sk_buff, helpers::bpf_skb_load_bytes, helpers::generated::bpf_loop, macros::map,
     maps::Array,
 };
-use podtrace_common::{FilterInsn, FILTER_MEMWORDS, MAX_FILTER_INSNS};
+use podtrace_common::{
+    FilterInsn, FILTER_DIRECT_MAX, FILTER_MEMWORDS, MAX_FILTER_INSNS, VLAN_TAG_LEN,
+    VLAN_TAG_OFFSET,
+};
 
 /// The compiled filter; its length is `FILTER_LEN` (set by the loader).
 #[map]
@@ -61,12 +66,21 @@ const MSH: u16 = 0xa0;
 /// Operand source bit of ALU and JMP: X instead of k.
 const SRC_X: u16 = 0x08;
 
+/// Most instructions one run may execute. Forward-only programs (all but
+/// `protochain`'s) end long before, at a RET or at the end of the map. A
+/// `protochain` loop moves at least 8 bytes into the packet per pass of at
+/// most a few dozen instructions, so a 64 KiB packet needs fewer than
+/// 8192 * 32 = 2^18 steps; the budget is 4 times that. A program still
+/// running when it runs out rejects the packet.
+const MAX_STEPS: u32 = 1 << 20;
+
 /// State of one run; lives on the TC program's stack and is handed to each
 /// callback through `bpf_loop`'s context pointer.
 #[repr(C)]
 struct Vm {
     skb: *mut __sk_buff,
-    /// `skb->len`, read once: the bound of every packet load (and `len`).
+    /// The frame's length as written (`skb->len`, plus 4 with a tag put
+    /// back), read once: the bound of every packet load (and `len`).
     len: u32,
     a: u32,
     x: u32,
@@ -74,28 +88,39 @@ struct Vm {
     /// The filter's verdict: 0 rejects, otherwise bytes to keep.
     ret: u32,
     mem: [u32; FILTER_MEMWORDS as usize],
+    // Last: placed before `a`, they made the verifier's pass over the
+    // bpf_loop callback converge 15 times slower (~25 k processed
+    // instructions became ~450 k).
+    /// The outer VLAN tag put back at offset 12 (TPID << 16 | TCI), 0 if none.
+    tag: u32,
+    /// With a tag: the frame's bytes around it, see [`around_tag`].
+    around_tag: [u64; 2],
 }
 
-/// Runs the first `insns` instructions' program on the packet; returns the
-/// filter's verdict (0: not wanted).
+/// Runs the program in `FILTER` on the packet, with `tag` (from the skb's
+/// metadata, 0 for none) put back at offset 12; returns the filter's
+/// verdict (0: not wanted).
 #[inline(always)]
-pub fn run(skb: *mut __sk_buff, len: u32, insns: u32) -> u32 {
+pub fn run(skb: *mut __sk_buff, len: u32, tag: u32) -> u32 {
     let mut vm = Vm {
         skb,
-        len,
+        len: if tag != 0 { len + VLAN_TAG_LEN } else { len },
         a: 0,
         x: 0,
         pc: 0,
         ret: 0,
         mem: [0; FILTER_MEMWORDS as usize],
+        tag,
+        around_tag: if tag != 0 { around_tag(skb, tag) } else { [0; 2] },
     };
-    // Every instruction moves pc forward (cBPF jumps are forward only), so
-    // `insns` callbacks always reach a RET; running off the end rejects.
+    // Every path ends at a RET, at a pc past the program (the map holds
+    // exactly the program), or when the budget runs out: all but the first
+    // leave `ret` at 0, rejecting.
     // SAFETY: `step` matches bpf_loop's callback signature and `vm` outlives
     // the call.
     unsafe {
         bpf_loop(
-            insns.min(MAX_FILTER_INSNS),
+            MAX_STEPS,
             step as *const () as *mut c_void,
             (&mut vm as *mut Vm).cast(),
             0,
@@ -154,8 +179,8 @@ fn exec(vm: &mut Vm) -> Result<(), u32> {
             let src = if code & SRC_X != 0 { vm.x } else { k };
             let taken = match code & 0xf0 {
                 0x00 => {
-                    // JA: an unconditional jump by k (out of range rejects at
-                    // the next fetch).
+                    // JA: an unconditional jump by k, signed (`protochain`
+                    // jumps back); out of range rejects at the next fetch.
                     vm.pc = vm.pc.wrapping_add(k);
                     return Ok(());
                 }
@@ -204,31 +229,85 @@ fn alu(op: u16, a: u32, src: u32) -> Result<u32, u32> {
     })
 }
 
-/// A big-endian load of `size` (W, H or B) bytes at packet offset `off`.
+/// A big-endian load of `size` (W, H or B) bytes at offset `off` of the
+/// frame as written.
 #[inline(always)]
 fn load(vm: &Vm, off: u32, size: u16) -> Result<u32, u32> {
+    let n = match size {
+        W => 4,
+        H => 2,
+        B => 1,
+        _ => return Err(0),
+    };
+    if off > vm.len || vm.len - off < n {
+        return Err(0);
+    }
+    let after_tag = VLAN_TAG_OFFSET + VLAN_TAG_LEN;
+    let at = if vm.tag == 0 || off + n <= VLAN_TAG_OFFSET {
+        off
+    } else if off >= after_tag {
+        off - VLAN_TAG_LEN
+    } else {
+        return Ok(vm.across_tag(off, n));
+    };
     match size {
-        W => bytes::<4>(vm, off).map(u32::from_be_bytes),
-        H => bytes::<2>(vm, off).map(|b| u32::from(u16::from_be_bytes(b))),
-        B => bytes::<1>(vm, off).map(|b| u32::from(b[0])),
-        _ => Err(0),
+        W => bytes::<4>(vm, at).map(u32::from_be_bytes),
+        H => bytes::<2>(vm, at).map(|b| u32::from(u16::from_be_bytes(b))),
+        _ => bytes::<1>(vm, at).map(|b| u32::from(b[0])),
     }
 }
 
-/// Offsets below this may be read from the linear data directly.
-const DIRECT_MAX: u32 = 0x3fff;
+impl Vm {
+    /// A load of `n` bytes at `off` that touches the tag put back
+    /// (9 <= off < 16, within the frame), from `around_tag`.
+    #[inline(always)]
+    fn across_tag(&self, off: u32, n: u32) -> u32 {
+        let [before, after] = self.around_tag;
+        // Bytes 8..16, or 12..20 when the load ends past 16.
+        let (window, end) = if off + n <= 16 {
+            (before, 16)
+        } else {
+            ((before << 32) | (after >> 32), 20)
+        };
+        let value = (window >> (8 * (end - off - n))) as u32;
+        if n == 4 {
+            value
+        } else {
+            value & ((1 << (8 * n)) - 1)
+        }
+    }
+}
 
+/// Frame bytes 8..16 and 16..20 (then zeros), big-endian: the 4 bytes
+/// before the tag, the tag, and the skb's 4 bytes after it (fewer in a
+/// frame shorter than 20 bytes; `load` never reads past the frame).
+#[inline(always)]
+fn around_tag(skb: *mut __sk_buff, tag: u32) -> [u64; 2] {
+    let mut before = [0u8; 4];
+    let mut after = [0u8; 4];
+    // SAFETY: `skb` is the program's context; the buffers hold 4 bytes.
+    unsafe {
+        let ctx = skb as *const c_void;
+        bpf_skb_load_bytes(ctx, 8, before.as_mut_ptr().cast(), 4);
+        if bpf_skb_load_bytes(ctx, VLAN_TAG_OFFSET, after.as_mut_ptr().cast(), 4) < 0 {
+            bpf_skb_load_bytes(ctx, VLAN_TAG_OFFSET, after.as_mut_ptr().cast(), 2);
+        }
+    }
+    [
+        (u64::from(u32::from_be_bytes(before)) << 32) | u64::from(tag),
+        u64::from(u32::from_be_bytes(after)) << 32,
+    ]
+}
+
+/// The `N` bytes at offset `off` of the skb (an out-of-range load fails).
 #[inline(always)]
 fn bytes<const N: usize>(vm: &Vm, off: u32) -> Result<[u8; N], u32> {
-    if off > vm.len || vm.len - off < N as u32 {
-        return Err(0);
-    }
     // Most loads hit the linear head (headers): read them directly, cheaper
     // than the helper call. The bound keeps the verifier's packet-pointer
     // arithmetic in range; black_box so LLVM cannot re-derive the offset
     // from `off` without the bound.
     let direct = core::hint::black_box(off as usize);
-    if direct < DIRECT_MAX as usize {
+    if direct < FILTER_DIRECT_MAX as usize {
         // SAFETY: reading context fields of the program's own skb.
         let (data, end) = unsafe { ((*vm.skb).data as usize, (*vm.skb).data_end as usize) };
         let p = data + direct;

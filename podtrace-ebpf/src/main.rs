@@ -11,6 +11,10 @@
 //!
 //! With a filter (`FILTER_LEN` > 0) each packet first runs through the
 //! classic-BPF interpreter in [`filter`]; rejected packets are only counted.
+//!
+//! A frame whose outer 802.1Q/802.1ad tag the kernel holds in skb metadata
+//! (see `podtrace_common::VLAN_TAG_LEN`) is written, and filtered, with the
+//! tag back at offset 12, as libpcap does on Linux.
 //! `FILTER_LEN` is a read-only global, so with no filter the verifier sees
 //! the constant 0 and drops the interpreter from the program entirely.
 //!
@@ -29,7 +33,8 @@ mod filter;
 
 use aya_ebpf::{
     bindings::{
-        tcx_action_base::TCX_NEXT, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP,
+        __sk_buff, tcx_action_base::TCX_NEXT, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP,
+        BPF_RB_NO_WAKEUP,
     },
     helpers::{bpf_ktime_get_ns, bpf_skb_load_bytes},
     macros::{classifier, map},
@@ -38,7 +43,7 @@ use aya_ebpf::{
 };
 use podtrace_common::{
     RecordHeader, COUNTERS_LEN, COUNTER_FILTERED, COUNTER_LOST, COUNTER_PASSED, HOOK_EGRESS,
-    HOOK_INGRESS, MAX_CAPLEN, RECORD_HEADER_LEN,
+    HOOK_INGRESS, MAX_CAPLEN, RECORD_HEADER_LEN, VLAN_TAG_LEN, VLAN_TAG_OFFSET,
 };
 
 /// Bytes of each packet to copy; set by the loader (`-s`).
@@ -86,9 +91,23 @@ fn count(index: u32) {
     }
 }
 
+/// The outer VLAN tag the kernel holds in the skb's metadata, as it goes on
+/// the wire (TPID << 16 | TCI); 0 when there is none (no TPID is 0).
+#[inline(always)]
+fn vlan_tag(skb: *mut __sk_buff) -> u32 {
+    // SAFETY: context fields of the program's own skb.
+    let (present, proto, tci) = unsafe { ((*skb).vlan_present, (*skb).vlan_proto, (*skb).vlan_tci) };
+    if present == 0 {
+        return 0;
+    }
+    // `vlan_proto` is the kernel's __be16, read as is.
+    (u32::from(u16::from_be(proto as u16)) << 16) | (tci & 0xffff)
+}
+
 #[inline(always)]
 fn capture(ctx: &TcContext, hook: u8) {
     let len = ctx.len();
+    let tag = vlan_tag(ctx.skb.skb);
     // SAFETY: a read-only global; volatile so the compiler cannot fold the
     // default (the verifier does fold the loader's value).
     let filter_len = unsafe { core::ptr::read_volatile(&FILTER_LEN) };
@@ -96,24 +115,31 @@ fn capture(ctx: &TcContext, hook: u8) {
     let keep = if filter_len == 0 {
         u32::MAX
     } else {
-        filter::run(ctx.skb.skb, len, filter_len)
+        filter::run(ctx.skb.skb, len, tag)
     };
     if keep == 0 {
         count(COUNTER_FILTERED);
         return;
     }
     count(COUNTER_PASSED);
-    if try_capture(ctx, hook, len, keep).is_err() {
+    if try_capture(ctx, hook, len, tag, keep).is_err() {
         count(COUNTER_LOST);
     }
 }
 
 #[inline(always)]
-fn try_capture(ctx: &TcContext, hook: u8, len: u32, keep: u32) -> Result<(), ()> {
+fn try_capture(ctx: &TcContext, hook: u8, len: u32, tag: u32, keep: u32) -> Result<(), ()> {
     let skb = ctx.skb.skb;
     // SAFETY: a read-only global, see FILTER_LEN.
     let snaplen = unsafe { core::ptr::read_volatile(&SNAPLEN) };
-    let wanted = len.min(snaplen).min(keep).min(MAX_CAPLEN);
+    // libpcap puts the tag back only after both addresses were captured.
+    let tag = if len.min(snaplen).min(keep) >= VLAN_TAG_OFFSET {
+        tag
+    } else {
+        0
+    };
+    let wire_len = if tag != 0 { len + VLAN_TAG_LEN } else { len };
+    let wanted = wire_len.min(snaplen).min(keep).min(MAX_CAPLEN);
     // The verifier must see the bound on the very register used for the copy.
     let n = core::hint::black_box(wanted);
     if n == 0 || n > MAX_CAPLEN {
@@ -124,7 +150,7 @@ fn try_capture(ctx: &TcContext, hook: u8, len: u32, keep: u32) -> Result<(), ()>
         ts_ns: unsafe { bpf_ktime_get_ns() },
         // SAFETY: `skb` is the context pointer the kernel gave us.
         ifindex: unsafe { (*skb).ifindex },
-        orig_len: len,
+        orig_len: wire_len,
         cap_len: n,
         hook,
         _pad: [0; 3],
@@ -134,7 +160,7 @@ fn try_capture(ctx: &TcContext, hook: u8, len: u32, keep: u32) -> Result<(), ()>
     macro_rules! classes {
         ($($size:literal),+) => {
             $(if total <= $size {
-                return emit::<$size>(skb, &header, n);
+                return emit::<$size>(skb, &header, n, tag);
             })+
         };
     }
@@ -153,9 +179,10 @@ fn try_capture(ctx: &TcContext, hook: u8, len: u32, keep: u32) -> Result<(), ()>
 /// one copy more.
 #[inline(always)]
 fn emit<const SIZE: usize>(
-    skb: *mut aya_ebpf::bindings::__sk_buff,
+    skb: *mut __sk_buff,
     header: &RecordHeader,
     n: u32,
+    tag: u32,
 ) -> Result<(), ()> {
     // SAFETY: read-only global, see SNAPLEN.
     let wakeup_bytes = unsafe { core::ptr::read_volatile(&WAKEUP_BYTES) };
@@ -169,10 +196,16 @@ fn emit<const SIZE: usize>(
     // try_capture on this same register (no black_box here: it would forget).
     let record = entry.as_mut_ptr();
     // SAFETY: the reservation is 8-byte aligned and SIZE > RECORD_HEADER_LEN;
-    // the copy stays within it (n <= SIZE - RECORD_HEADER_LEN).
+    // the copy stays within it (n <= SIZE - RECORD_HEADER_LEN), and a tag is
+    // only put back when n >= VLAN_TAG_OFFSET (try_capture).
     let ret = unsafe {
         record.cast::<RecordHeader>().write(*header);
-        bpf_skb_load_bytes(skb as *const _, 0, record.add(RECORD_HEADER_LEN).cast(), n)
+        let data = record.add(RECORD_HEADER_LEN);
+        if tag == 0 {
+            bpf_skb_load_bytes(skb as *const _, 0, data.cast(), n)
+        } else {
+            copy_tagged::<SIZE>(skb, data, n, tag)
+        }
     };
     if ret < 0 {
         entry.discard(BPF_RB_NO_WAKEUP as u64);
@@ -180,6 +213,45 @@ fn emit<const SIZE: usize>(
     }
     entry.submit(flags as u64);
     Ok(())
+}
+
+/// Copies the first `n` bytes of the frame with `tag` put back at offset
+/// 12 to `data`: the packet goes 4 bytes in, then its addresses move back
+/// over the gap (as libpcap does, one helper call rather than two).
+///
+/// # Safety
+/// `data` is 4-byte aligned and `SIZE - RECORD_HEADER_LEN` bytes long, and
+/// `VLAN_TAG_OFFSET <= n <= SIZE - RECORD_HEADER_LEN`.
+#[inline(always)]
+unsafe fn copy_tagged<const SIZE: usize>(
+    skb: *mut __sk_buff,
+    data: *mut u8,
+    n: u32,
+    tag: u32,
+) -> i64 {
+    let gap = VLAN_TAG_LEN as usize;
+    // At least the addresses, which a tagged frame always has.
+    let from_skb = if n > VLAN_TAG_OFFSET + VLAN_TAG_LEN {
+        n - VLAN_TAG_LEN
+    } else {
+        VLAN_TAG_OFFSET
+    };
+    // The verifier must see the bound on the register used for the copy.
+    let m = core::hint::black_box(from_skb);
+    if m == 0 || m as usize > SIZE - RECORD_HEADER_LEN - gap {
+        return -1;
+    }
+    let ret = bpf_skb_load_bytes(skb as *const _, 0, data.add(gap).cast(), m);
+    if ret < 0 {
+        return ret;
+    }
+    let words = data.cast::<u32>();
+    let macs = [words.add(1).read(), words.add(2).read(), words.add(3).read()];
+    for (i, w) in macs.into_iter().enumerate() {
+        words.add(i).write(w);
+    }
+    words.add(3).write(tag.to_be());
+    0
 }
 
 #[cfg(not(test))]

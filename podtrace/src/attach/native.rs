@@ -90,7 +90,7 @@ pub(super) fn load_filter_programs(
     let direct_max = if slow_loads_only {
         0
     } else {
-        translate::Options::DIRECT_MAX
+        podtrace_common::FILTER_DIRECT_MAX
     };
     let load = |slot, name| {
         let opts = translate::Options { slot, direct_max };

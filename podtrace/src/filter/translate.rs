@@ -2,14 +2,14 @@
 //! program of its own that runs in front of the capture programs and
 //! tail-calls them only for packets it accepts.
 //!
-//! Why translate when the capture programs carry an interpreter: measured
-//! with BPF_PROG_TEST_RUN (BENCHMARKS.md, table 5c), a 131-instruction
-//! filter rejecting a UDP frame costs 44 ns translated against 21 ns for a
-//! one-instruction `ret #0`, i.e. ~0.2 ns per instruction once JIT-compiled,
-//! and 811 ns interpreted (a `bpf_loop` callback, a map lookup and a
-//! `match` per instruction). The interpreter stays as the fallback for
-//! programs the verifier refuses or that are too big to translate (jumps
-//! are 16-bit, so past ~30 k eBPF instructions).
+//! Why translate when the capture programs carry an interpreter: the
+//! translation is JIT-compiled to native code, where the interpreter pays a
+//! `bpf_loop` callback, a map lookup and a `match` per instruction;
+//! BENCHMARKS.md, table 5c, has what each costs. The interpreter stays as the fallback
+//! for programs the verifier refuses, that are too big to translate (jumps
+//! are 16-bit, so past ~30 k eBPF instructions), or that loop: libpcap
+//! compiles `protochain` into a backward jump, which this translation
+//! refuses ([`TranslateError::Loops`]) rather than unroll.
 //!
 //! Semantics are libpcap's `bpf_filter()`, as in the interpreter: packet
 //! loads are bounds-checked against the whole packet (`skb->len`), reading
@@ -17,14 +17,19 @@
 //! out-of-bounds load, a division by zero or an unknown instruction rejects
 //! the packet; shifts by 32 or more give 0; `M[]` and `A`/`X` start at 0.
 //! Any non-zero return accepts (the capture programs apply the snap length).
+//! The packet is the frame podtrace writes, with an outer VLAN tag held in
+//! skb metadata put back at offset 12 (see [`load`] for how loads find it).
 //!
-//! Register use: r6 the skb, r7 `A`, r8 `X` (all kept across helper calls),
-//! r1-r5 scratch. Stack: the counter key at -8, the slow-load buffer at -16,
+//! Register use: r6 the skb, r7 `A`, r8 `X`, r9 the tag's length in the
+//! frame (4 with a tag put back, else 0) (all kept across calls), r1-r5
+//! scratch. Stack: the counter key at -8, the slow-load buffer at -16,
 //! `M[0..16]` below that.
 
 use podtrace_common::{
     FilterInsn, COUNTER_FILTERED, COUNTER_LOST, COUNTER_PASSED, FILTER_MEMWORDS,
 };
+
+mod load;
 
 /// One eBPF instruction, `struct bpf_insn`: registers packed dst (low
 /// nibble) and src (high nibble), as on a little-endian host.
@@ -52,20 +57,17 @@ pub struct Options {
     /// Slot of `Maps::capture` to tail-call for accepted packets.
     pub slot: u32,
     /// Packet offsets up to this are read from the linear head when it holds
-    /// them; 0 sends every load through `bpf_skb_load_bytes` (tests).
+    /// them (`podtrace_common::FILTER_DIRECT_MAX`); 0 sends every load
+    /// through `bpf_skb_load_bytes` (tests).
     pub direct_max: u32,
-}
-
-impl Options {
-    /// Offsets a direct packet read may have; the verifier allows up to
-    /// 0xffff, and filters rarely look past the first few hundred bytes.
-    pub const DIRECT_MAX: u32 = 0x3fff;
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum TranslateError {
     #[error("the translated program needs a jump of {0} instructions (at most 32767)")]
     TooLarge(i64),
+    #[error("the filter loops (instruction {0} jumps back, as `protochain` compiles); only the interpreter runs loops")]
+    Loops(usize),
 }
 
 /// Translates `filter` (non-empty, as libpcap emits it).
@@ -74,6 +76,14 @@ pub fn translate(
     maps: Maps,
     opts: Options,
 ) -> Result<Vec<Insn>, TranslateError> {
+    // `ja` is the only jump with a wide offset, and libpcap's bpf_filter()
+    // takes it as signed.
+    if let Some(pc) = filter
+        .iter()
+        .position(|i| i.code == 0x05 && (i.k as i32) < 0)
+    {
+        return Err(TranslateError::Loops(pc));
+    }
     let mut t = Translator::new(filter.len(), maps, opts);
     t.prologue(filter);
     // The verifier refuses unreachable code: skip what no path reaches.
@@ -91,11 +101,12 @@ pub fn translate(
         t.jump(Label::Reject);
     }
     t.epilogue();
+    t.across_tag_subprogram();
     t.finish()
 }
 
 /// Which classic instructions some path from the first one reaches
-/// (jumps only go forward, so one pass suffices).
+/// (jumps only go forward, as checked before, so one pass suffices).
 fn reachable(filter: &[FilterInsn]) -> Vec<bool> {
     let mut seen = vec![false; filter.len()];
     if let Some(first) = seen.first_mut() {
@@ -146,10 +157,15 @@ const JA: u8 = 0x00;
 const JEQ: u8 = 0x10;
 const JGT: u8 = 0x20;
 const JNE: u8 = 0x50;
+const JLT: u8 = 0xa0;
+const JLE: u8 = 0xb0;
+const JSLT: u8 = 0xc0;
 const CALL: u8 = 0x80;
 const EXIT: u8 = 0x90;
 const LD_IMM64: u8 = 0x18;
 const PSEUDO_MAP_FD: u8 = 1;
+/// `src` of a call to a function of the program itself (imm: its offset).
+const PSEUDO_CALL: u8 = 1;
 
 const HELPER_MAP_LOOKUP_ELEM: i32 = 1;
 const HELPER_TAIL_CALL: i32 = 12;
@@ -157,6 +173,9 @@ const HELPER_SKB_LOAD_BYTES: i32 = 26;
 
 // `struct __sk_buff` fields.
 const SKB_LEN: i16 = 0;
+const SKB_VLAN_PRESENT: i16 = 20;
+const SKB_VLAN_TCI: i16 = 24;
+const SKB_VLAN_PROTO: i16 = 28;
 const SKB_DATA: i16 = 76;
 const SKB_DATA_END: i16 = 80;
 
@@ -171,6 +190,8 @@ const R5: u8 = 5;
 const SKB: u8 = 6;
 const A: u8 = 7;
 const X: u8 = 8;
+/// 4 when the skb's metadata holds a VLAN tag put back in the frame, else 0.
+const TAG_LEN: u8 = 9;
 const FP: u8 = 10;
 
 const KEY_SLOT: i16 = -8;
@@ -189,6 +210,8 @@ enum Label {
     Reject,
     /// A label inside one instruction's translation.
     Local(usize),
+    /// The function that loads across a VLAN tag (`load::across_tag_subprogram`).
+    AcrossTag,
 }
 
 /// Where a packet load's offset comes from.
@@ -206,8 +229,11 @@ struct Translator {
     accept: Option<usize>,
     reject: Option<usize>,
     local: Vec<Option<usize>>,
+    across_tag: Option<usize>,
     /// (instruction index, target) of every jump, patched by `finish`.
     fixups: Vec<(usize, Label)>,
+    /// The same for calls of [`Label::AcrossTag`] (their offset is in `imm`).
+    calls: Vec<(usize, Label)>,
     maps: Maps,
     opts: Options,
 }
@@ -220,7 +246,9 @@ impl Translator {
             accept: None,
             reject: None,
             local: Vec::new(),
+            across_tag: None,
             fixups: Vec::new(),
+            calls: Vec::new(),
             maps,
             opts,
         }
@@ -247,6 +275,7 @@ impl Translator {
             Label::Accept => self.accept = here,
             Label::Reject => self.reject = here,
             Label::Local(n) => self.local[n] = here,
+            Label::AcrossTag => self.across_tag = here,
         }
     }
 
@@ -297,6 +326,14 @@ impl Translator {
         for (k, _) in read.iter().enumerate().filter(|(_, r)| **r) {
             self.emit(ST | MEM | W, FP, 0, mem_slot(k as u32), 0);
         }
+        // Packet and length loads see the frame with a tag put back.
+        let reads_packet = filter.iter().any(|i| {
+            matches!(i.code & 0x07, 0x00 | 0x01)
+                && matches!(i.code & 0xe0, 0x20 | 0x40 | 0x80 | 0xa0)
+        });
+        if reads_packet {
+            self.tag_len(TAG_LEN);
+        }
     }
 
     fn insn(&mut self, pc: usize, i: FilterInsn) {
@@ -315,7 +352,10 @@ impl Translator {
                     (0x20, size) if dst == A => self.load_packet(Offset::Abs(k), size, A),
                     (0x40, size) if dst == A => self.load_packet(Offset::Ind(k), size, A),
                     (0x60, _) if k < FILTER_MEMWORDS => self.load_u32(dst, FP, mem_slot(k)),
-                    (0x80, _) => self.load_u32(dst, SKB, SKB_LEN),
+                    (0x80, _) => {
+                        self.load_u32(dst, SKB, SKB_LEN);
+                        self.emit(ALU | ADD | SRC_X, dst, TAG_LEN, 0, 0);
+                    }
                     (0xa0, 0x10) if dst == X => {
                         // X = 4 * (P[k] & 0xf), the IPv4 header length.
                         self.load_packet(Offset::Abs(k), 0x10, X);
@@ -443,72 +483,6 @@ impl Translator {
         }
     }
 
-    /// `dst` = the big-endian byte, half-word or word at the offset.
-    fn load_packet(&mut self, offset: Offset, size: u8, dst: u8) {
-        let bytes: i32 = match size {
-            0x00 => 4,
-            0x08 => 2,
-            0x10 => 1,
-            _ => return self.jump(Label::Reject),
-        };
-        let slow = self.new_label();
-        let done = self.new_label();
-        // The offset in r5 (Ind) or as a constant (Abs); no packet is 2 GiB.
-        let limit = 0x7fff_ffff - bytes as u32;
-        let direct = match offset {
-            Offset::Abs(k) if k > limit => return self.jump(Label::Reject),
-            Offset::Abs(k) => k + bytes as u32 <= self.opts.direct_max,
-            Offset::Ind(k) => {
-                self.mov32_k(R5, k);
-                self.emit(ALU64 | ADD | SRC_X, R5, X, 0, 0);
-                self.jump_with(JMP | JGT, R5, 0, limit as i32, Label::Reject);
-                let direct = self.opts.direct_max > bytes as u32;
-                if direct {
-                    let max = (self.opts.direct_max - bytes as u32) as i32;
-                    self.jump_with(JMP | JGT, R5, 0, max, slow);
-                }
-                direct
-            }
-        };
-        if direct {
-            self.load_u32(R2, SKB, SKB_DATA);
-            self.load_u32(R3, SKB, SKB_DATA_END);
-            match offset {
-                Offset::Abs(k) => self.emit(ALU64 | ADD, R2, 0, 0, k as i32),
-                Offset::Ind(_) => self.emit(ALU64 | ADD | SRC_X, R2, R5, 0, 0),
-            }
-            self.emit(ALU64 | MOV | SRC_X, R4, R2, 0, 0);
-            self.emit(ALU64 | ADD, R4, 0, 0, bytes);
-            // The `ptr + n > end` form the verifier learns the range from.
-            self.jump_with(JMP | JGT | SRC_X, R4, R3, 0, slow);
-            self.emit(LDX | MEM | size, dst, R2, 0, 0);
-            self.swap_to_host(dst, bytes);
-            self.jump(done);
-        }
-        self.bind(slow);
-        self.emit(ALU64 | MOV | SRC_X, R1, SKB, 0, 0);
-        match offset {
-            Offset::Abs(k) => self.mov32_k(R2, k),
-            Offset::Ind(_) => self.emit(ALU64 | MOV | SRC_X, R2, R5, 0, 0),
-        }
-        self.emit(ALU64 | MOV | SRC_X, R3, FP, 0, 0);
-        self.emit(ALU64 | ADD, R3, 0, 0, i32::from(LOAD_BUF));
-        self.mov32_k(R4, bytes as u32);
-        self.call(HELPER_SKB_LOAD_BYTES);
-        self.jump_with(JMP | JNE, R0, 0, 0, Label::Reject);
-        self.emit(LDX | MEM | size, dst, FP, LOAD_BUF, 0);
-        self.swap_to_host(dst, bytes);
-        self.bind(done);
-    }
-
-    /// Network to host order (`be16`/`be32`, which also clear the upper bits;
-    /// a no-op on big-endian hosts, where the load already was right).
-    fn swap_to_host(&mut self, reg: u8, bytes: i32) {
-        if bytes > 1 {
-            self.emit(ALU | END_TO_BE, reg, 0, 0, bytes * 8);
-        }
-    }
-
     /// Bumps per-CPU counter `index`.
     fn count(&mut self, index: u32) {
         let skip = self.new_label();
@@ -554,17 +528,25 @@ impl Translator {
         }
     }
 
+    fn position(&self, label: Label) -> usize {
+        match label {
+            Label::Insn(n) => self.insn_pos[n],
+            Label::Accept => self.accept,
+            Label::Reject => self.reject,
+            Label::Local(n) => self.local[n],
+            Label::AcrossTag => self.across_tag,
+        }
+        .expect("every label is bound")
+    }
+
     fn finish(mut self) -> Result<Vec<Insn>, TranslateError> {
         for (at, label) in std::mem::take(&mut self.fixups) {
-            let target = match label {
-                Label::Insn(n) => self.insn_pos[n],
-                Label::Accept => self.accept,
-                Label::Reject => self.reject,
-                Label::Local(n) => self.local[n],
-            }
-            .expect("every label is bound");
-            let off = target as i64 - at as i64 - 1;
+            let off = self.position(label) as i64 - at as i64 - 1;
             self.out[at].off = i16::try_from(off).map_err(|_| TranslateError::TooLarge(off))?;
+        }
+        for (at, label) in std::mem::take(&mut self.calls) {
+            // Fewer than 2^31 instructions: the jumps above would fail first.
+            self.out[at].imm = (self.position(label) as i64 - at as i64 - 1) as i32;
         }
         Ok(self.out)
     }

@@ -13,7 +13,7 @@ const MAPS: Maps = Maps {
 fn opts() -> Options {
     Options {
         slot: 1,
-        direct_max: Options::DIRECT_MAX,
+        direct_max: podtrace_common::FILTER_DIRECT_MAX,
     }
 }
 
@@ -26,9 +26,28 @@ fn translated(expression: &str) -> Vec<Insn> {
     translate(&filter.insns, MAPS, opts()).unwrap()
 }
 
+fn is_pseudo_call(i: &Insn) -> bool {
+    i.code == JMP | CALL && i.regs >> 4 == PSEUDO_CALL
+}
+
 /// Every jump lands inside the program and not on the second half of a
-/// 64-bit immediate load; the program ends with `exit`.
+/// 64-bit immediate load, nor in another function; each function ends with
+/// `exit`.
 fn assert_well_formed(prog: &[Insn]) {
+    // Functions: the program, then what it calls.
+    let mut starts: Vec<usize> = prog
+        .iter()
+        .enumerate()
+        .filter(|(_, i)| is_pseudo_call(i))
+        .map(|(at, i)| (at as i64 + 1 + i64::from(i.imm)) as usize)
+        .collect();
+    starts.push(0);
+    starts.sort_unstable();
+    starts.dedup();
+    let function = |at: usize| starts.iter().rposition(|&s| s <= at).unwrap();
+    for &start in &starts[1..] {
+        assert_eq!(prog[start - 1].code, JMP | EXIT, "function at {start}");
+    }
     let mut second_halves = Vec::new();
     for (at, i) in prog.iter().enumerate() {
         if i.code == LD_IMM64 {
@@ -46,6 +65,7 @@ fn assert_well_formed(prog: &[Insn]) {
                 "jump at {at} to {target}"
             );
             assert!(!second_halves.contains(&(target as usize)), "jump at {at}");
+            assert_eq!(function(at), function(target as usize), "jump at {at}");
         }
     }
     assert_eq!(prog.last().map(|i| i.code), Some(JMP | EXIT));
@@ -62,6 +82,10 @@ fn assert_well_formed(prog: &[Insn]) {
         match (class, op) {
             (JMP, EXIT) => {}
             (JMP, JA) => todo.push(target),
+            _ if is_pseudo_call(&i) => {
+                todo.push(at + 1);
+                todo.push((at as i64 + 1 + i64::from(i.imm)) as usize);
+            }
             (JMP | JMP32, CALL) => todo.push(at + 1),
             (JMP | JMP32, _) => todo.extend([at + 1, target]),
             _ if i.code == LD_IMM64 => {
@@ -77,7 +101,7 @@ fn assert_well_formed(prog: &[Insn]) {
 
 fn count_calls(prog: &[Insn], helper: i32) -> usize {
     prog.iter()
-        .filter(|i| i.code == JMP | CALL && i.imm == helper)
+        .filter(|i| i.code == JMP | CALL && !is_pseudo_call(i) && i.imm == helper)
         .count()
 }
 
@@ -200,4 +224,63 @@ fn too_large_for_16_bit_jumps_is_an_error() {
     filter.push(insn(0x06, 0, 0, 1));
     let err = translate(&filter, MAPS, opts()).unwrap_err();
     assert!(matches!(err, TranslateError::TooLarge(_)), "{err}");
+}
+
+#[test]
+fn loops_are_refused() {
+    // libpcap's `protochain` walks extension headers with a backward `ja`.
+    for expr in ["ip protochain 4", "ip6 protochain 17", "protochain 6"] {
+        let filter = compile(expr, 262144).unwrap();
+        let err = translate(&filter.insns, MAPS, opts()).unwrap_err();
+        assert!(matches!(err, TranslateError::Loops(_)), "{expr}: {err}");
+        assert!(err.to_string().contains("protochain"), "{err}");
+    }
+    let back = [insn(0x05, 0, 0, u32::MAX), insn(0x06, 0, 0, 1)]; // ja -1
+    assert_eq!(
+        translate(&back, MAPS, opts()),
+        Err(TranslateError::Loops(0))
+    );
+}
+
+#[test]
+fn loads_around_a_vlan_tag_are_well_formed() {
+    for expr in [
+        // Within the tag, across its edges, after it, through X.
+        "ether[12:2] = 0x8100 and ether[14:2] & 0xfff = 10",
+        "ether[13] = 0 or ether[12] = 0x81 or ether[12:4] = 0x8100000a",
+        "ether[9:4] = 1 or ether[10:4] = 2 or ether[11:2] = 3",
+        "ether[13:4] = 1 or ether[14:4] = 2 or ether[15:2] = 3 or ether[15:4] = 4",
+        "ether[ether[0] & 15] = 1 or ether[ether[1] & 15 : 4] = 2",
+        "vlan 10 and tcp port 80",
+        "len > 100",
+    ] {
+        let prog = translated(expr);
+        assert_well_formed(&prog);
+    }
+    // The shared function for loads across the tag's edges only when used.
+    let calls = |expr| {
+        translated(expr)
+            .iter()
+            .filter(|i| is_pseudo_call(i))
+            .count()
+    };
+    assert_eq!(calls("udp"), 0);
+    assert_eq!(
+        calls("ether[12:2] = 1 and ether[0:4] = 2 and ip[2:2] > 9"),
+        0
+    );
+    assert_eq!(calls("ether[10:4] = 1"), 1);
+    assert!(calls("tcp port 80") > 0);
+}
+
+#[test]
+fn length_counts_the_tag() {
+    // `len` adds r9 (4 with a tag put back, else 0).
+    let prog = translated("len > 100");
+    assert!(prog.contains(&Insn {
+        code: ALU | ADD | SRC_X,
+        regs: (TAG_LEN << 4) | A,
+        off: 0,
+        imm: 0
+    }));
 }
