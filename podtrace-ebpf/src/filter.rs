@@ -34,8 +34,7 @@ use aya_ebpf::{
     maps::Array,
 };
 use podtrace_common::{
-    FilterInsn, FILTER_DIRECT_MAX, FILTER_MEMWORDS, MAX_FILTER_INSNS, VLAN_TAG_LEN,
-    VLAN_TAG_OFFSET,
+    FilterInsn, FILTER_DIRECT_MAX, FILTER_MEMWORDS, MAX_FILTER_INSNS, VLAN_TAG_LEN, VLAN_TAG_OFFSET,
 };
 
 /// The compiled filter; its length is `FILTER_LEN` (set by the loader).
@@ -111,7 +110,11 @@ pub fn run(skb: *mut __sk_buff, len: u32, tag: u32) -> u32 {
         ret: 0,
         mem: [0; FILTER_MEMWORDS as usize],
         tag,
-        around_tag: if tag != 0 { around_tag(skb, tag) } else { [0; 2] },
+        around_tag: if tag != 0 {
+            around_tag(skb, tag)
+        } else {
+            [0; 2]
+        },
     };
     // Every path ends at a RET, at a pc past the program (the map holds
     // exactly the program), or when the budget runs out: all but the first

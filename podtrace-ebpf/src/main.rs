@@ -96,7 +96,8 @@ fn count(index: u32) {
 #[inline(always)]
 fn vlan_tag(skb: *mut __sk_buff) -> u32 {
     // SAFETY: context fields of the program's own skb.
-    let (present, proto, tci) = unsafe { ((*skb).vlan_present, (*skb).vlan_proto, (*skb).vlan_tci) };
+    let (present, proto, tci) =
+        unsafe { ((*skb).vlan_present, (*skb).vlan_proto, (*skb).vlan_tci) };
     if present == 0 {
         return 0;
     }
@@ -246,7 +247,11 @@ unsafe fn copy_tagged<const SIZE: usize>(
         return ret;
     }
     let words = data.cast::<u32>();
-    let macs = [words.add(1).read(), words.add(2).read(), words.add(3).read()];
+    let macs = [
+        words.add(1).read(),
+        words.add(2).read(),
+        words.add(3).read(),
+    ];
     for (i, w) in macs.into_iter().enumerate() {
         words.add(i).write(w);
     }

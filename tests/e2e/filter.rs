@@ -7,18 +7,28 @@
 //! traffic and stopped after it settles, so every instance sees the same
 //! packets; the unfiltered file then gives tcpdump's answer.
 
-use std::{net::Ipv6Addr, net::UdpSocket, path::Path, process::Command, time::Duration};
+use std::{
+    net::Ipv6Addr,
+    net::UdpSocket,
+    path::Path,
+    process::Command,
+    time::{Duration, Instant},
+};
 
 use anyhow::{bail, ensure, Context, Result};
 use aya::programs::{SchedClassifier, TcAttachType};
+use etherparse::PacketBuilder;
 use podtrace_tests::{
     netns::TestNet,
     pcap,
     run::{self, Capture, Finished},
-    traffic,
+    traffic, vlan,
 };
 
-use crate::capture::{assert_released, tempdir};
+use crate::{
+    capture::{assert_released, tempdir},
+    filter_engines::{ipip, with_ah, with_ip6_extensions},
+};
 
 /// Expressions checked against tcpdump; `{ns}`, `{host}`, `{ns6}`, `{host6}`,
 /// `{ns_mac}` and `{host_mac}` are replaced with the test net's values.
@@ -79,6 +89,19 @@ pub const EXPRESSIONS: &[&str] = &[
     "ip6[6] == 58 and ip6[40] == 128",
 ];
 
+/// `protochain` (issue 15): libpcap compiles a loop over extension headers,
+/// which only the interpreter runs: `auto` falls back to it, `native`
+/// refuses the filter.
+const PROTOCHAIN: &[&str] = &[
+    "ip protochain 6",
+    "ip protochain 17",
+    "ip6 protochain 17",
+    "ip6 protochain 58",
+    "protochain 1",
+    "ip protochain 17 and udp port 7001",
+    "not ip6 protochain 6",
+];
+
 /// `--filter-engine` values; `native` fails rather than fall back.
 const ENGINES: [&str; 2] = ["native", "interpreter"];
 
@@ -104,6 +127,45 @@ pub fn matches_tcpdump_on_mixed_traffic() -> Result<()> {
             }
         }
     }
+    // protochain walks extension headers, which the mixed traffic lacks:
+    // some packets with chains of them too, from the namespace.
+    let looping: Vec<String> = PROTOCHAIN.iter().map(|e| e.to_string()).collect();
+    let chains = header_chains(&net, v6)?;
+    let traffic = || {
+        traffic::on_one_cpu(|| {
+            traffic::mixed(&net, Some(v6))?;
+            net.within(|| vlan::send("eth0", &chains))?
+        })
+    };
+    for engine in ["auto", "interpreter"] {
+        let got = differential_on(&net.host_if, &looping, engine, &traffic)?;
+        if engine == "auto" {
+            selected.extend(got);
+        }
+    }
+    // (With --duration, so that a podtrace that accepts it still ends.)
+    let native = run::run(&[
+        "capture",
+        "-i",
+        &net.host_if,
+        "--filter-engine",
+        "native",
+        "--duration",
+        "2",
+        "-w",
+        "/dev/null",
+        PROTOCHAIN[0],
+    ])?;
+    ensure!(
+        native.status.code() == Some(1)
+            && native.stderr.lines().count() == 1
+            && native.stderr.contains("loops")
+            && native.stderr.contains("only the interpreter"),
+        "--filter-engine native {:?}: {:?}, {}",
+        PROTOCHAIN[0],
+        native.status,
+        native.stderr
+    );
     // The traffic has what the expressions are about: ARP, IPv6, a GSO
     // super-packet, loads past the end rejected, no VLAN tags.
     for (expr, nonempty) in [
@@ -115,6 +177,10 @@ pub fn matches_tcpdump_on_mixed_traffic() -> Result<()> {
         ("tcp[tcpflags] & tcp-syn != 0", true),
         ("vlan", false),
         ("ip[60000] = 0 or ether[70000:4] = 0", false),
+        ("ip protochain 6", true),
+        ("ip protochain 17", true),
+        ("ip6 protochain 17", true),
+        ("ip6 protochain 58", true),
     ] {
         let n = selected.iter().find(|(e, _)| e == expr).map(|(_, n)| *n);
         ensure!(
@@ -123,6 +189,30 @@ pub fn matches_tcpdump_on_mixed_traffic() -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// UDP from the namespace to the host behind IPv4 AH headers and IPv6
+/// extension header chains (the host has no SA for them: it drops the AH
+/// ones; the UDP ones go to a closed port).
+fn header_chains(net: &TestNet, (host6, ns6): (Ipv6Addr, Ipv6Addr)) -> Result<Vec<Vec<u8>>> {
+    let (host_mac, ns_mac) = (vlan::mac(&net.host_mac()?)?, vlan::mac(&net.ns_mac()?)?);
+    let mut udp4 = Vec::new();
+    PacketBuilder::ethernet2(ns_mac, host_mac)
+        .ipv4(net.ns_ip.octets(), net.host_ip.octets(), 64)
+        .udp(7005, 7003)
+        .write(&mut udp4, &traffic::pattern(40, 5))?;
+    let mut udp6 = Vec::new();
+    PacketBuilder::ethernet2(ns_mac, host_mac)
+        .ipv6(ns6.octets(), host6.octets(), 64)
+        .udp(7005, 7003)
+        .write(&mut udp6, &traffic::pattern(40, 6))?;
+    Ok(vec![
+        with_ah(&udp4, 1),
+        with_ah(&udp4, 3),
+        with_ah(&ipip(&udp4), 2),
+        with_ip6_extensions(&udp6, &[60]),
+        with_ip6_extensions(&udp6, &[0, 60, 43, 44, 60]),
+    ])
 }
 
 /// A filter of 100+ classic-BPF instructions loads and matches tcpdump.
@@ -143,6 +233,120 @@ pub fn long_filter_loads_and_matches() -> Result<()> {
         ensure!(selected.iter().all(|(_, n)| *n > 0), "{selected:?}");
     }
     Ok(())
+}
+
+/// A filter of thousands of terms (a generated block list) keeps libpcap's
+/// optimizer busy for minutes (issue 15). podtrace says so after a few
+/// seconds, SIGINT stops it at once with one line, and `--duration` counts
+/// the compilation: it ends on time, having attached nothing.
+pub fn huge_filter_can_be_stopped() -> Result<()> {
+    let net = TestNet::new()?;
+    let dir = tempdir()?;
+    let file = dir.path().join("blocklist");
+    let hosts: Vec<String> = (0..3000)
+        .map(|i| format!("host 10.{}.{}.{}", 100 + i / 65536, i / 256 % 256, i % 256))
+        .collect();
+    std::fs::write(&file, hosts.join(" or\n"))?;
+    let file = file.to_str().unwrap();
+    let base = ["capture", "-i", &net.host_if, "-w", "/dev/null", "-F", file];
+
+    let mut run = Compiling::start(&base)?;
+    let note = run.line(Duration::from_secs(10))?;
+    ensure!(
+        note.starts_with("podtrace: still compiling the filter after 3 s"),
+        "{note:?}"
+    );
+    // SAFETY: signalling our own child by pid.
+    unsafe { libc::kill(run.child.id() as i32, libc::SIGINT) };
+    let stopped = Instant::now();
+    let (status, rest) = run.finish(Duration::from_secs(3))?;
+    ensure!(
+        status.code() == Some(1)
+            && rest
+                == [
+                    "podtrace: SIGINT while libpcap was compiling the filter; nothing was captured"
+                ],
+        "after SIGINT: {status}, {rest:?} ({:?} later)",
+        stopped.elapsed()
+    );
+
+    let started = Instant::now();
+    let mut args = base.to_vec();
+    args.extend(["--duration", "4"]);
+    let run = Compiling::start(&args)?;
+    let (status, lines) = run.finish(Duration::from_secs(8))?;
+    let took = started.elapsed();
+    ensure!(
+        status.code() == Some(1)
+            && took >= Duration::from_secs(4)
+            && took < Duration::from_secs(6)
+            && lines.len() == 2
+            && lines[1].starts_with("podtrace: --duration ran out after "),
+        "--duration 4: {status} after {took:?}: {lines:?}"
+    );
+    for hook in [TcAttachType::Ingress, TcAttachType::Egress] {
+        let (_, programs) = SchedClassifier::query_tcx(&net.host_if, hook)?;
+        ensure!(programs.is_empty(), "something attached to {}", net.host_if);
+    }
+    Ok(())
+}
+
+/// podtrace started with stderr read line by line; killed if left running.
+struct Compiling {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Compiling {
+    fn start(args: &[&str]) -> Result<Self> {
+        use std::io::BufRead;
+        let mut child = Command::new(run::bin())
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+        let err = child.stderr.take().context("stderr")?;
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Ok(Self { child, lines })
+    }
+
+    /// The next line on stderr, within `timeout`.
+    fn line(&mut self, timeout: Duration) -> Result<String> {
+        self.lines
+            .recv_timeout(timeout)
+            .with_context(|| format!("no line on stderr within {timeout:?}"))
+    }
+
+    /// Its exit status and the rest of stderr, once it exits within `timeout`.
+    fn finish(mut self, timeout: Duration) -> Result<(std::process::ExitStatus, Vec<String>)> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait()? {
+                std::thread::sleep(Duration::from_millis(50));
+                return Ok((status, self.lines.try_iter().collect()));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bail!(
+            "still running after {timeout:?}; stderr so far: {:?}",
+            self.lines.try_iter().collect::<Vec<_>>()
+        )
+    }
+}
+
+impl Drop for Compiling {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }
 
 /// The filtered-out counter is exactly the number of packets not matching.
@@ -300,11 +504,23 @@ fn differential(
     expressions: &[String],
     engine: &str,
 ) -> Result<Vec<(String, usize)>> {
+    differential_on(&net.host_if, expressions, engine, &|| {
+        traffic::on_one_cpu(|| traffic::mixed(net, v6))
+    })
+}
+
+/// [`differential`] on interface `iface`, with the traffic `traffic` makes.
+pub fn differential_on(
+    iface: &str,
+    expressions: &[String],
+    engine: &str,
+    traffic: &dyn Fn() -> Result<()>,
+) -> Result<Vec<(String, usize)>> {
     let dir = tempdir()?;
     let file = |name: &str| dir.path().join(format!("{name}.pcap"));
     let start = |name: &str, filter: Option<&str>| -> Result<Capture> {
         let out = file(name);
-        let mut args = vec!["capture", "-i", &net.host_if, "-B", "1024"];
+        let mut args = vec!["capture", "-i", iface, "-B", "1024"];
         args.extend(["-w", out.to_str().unwrap()]);
         if let Some(expr) = filter {
             args.extend(["--filter-engine", engine, "--", expr]);
@@ -319,7 +535,7 @@ fn differential(
         .collect::<Result<_>>()?;
     let inner = start("inner", None)?;
 
-    traffic::on_one_cpu(|| traffic::mixed(net, v6))?;
+    traffic()?;
     std::thread::sleep(Duration::from_millis(300));
 
     let inner = inner.stop(libc::SIGINT)?;
@@ -373,7 +589,7 @@ fn differential(
             failures.join("\n")
         );
     }
-    assert_released(&outer, &net.host_if)?;
+    assert_released(&outer, iface)?;
     Ok(selected)
 }
 

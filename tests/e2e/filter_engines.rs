@@ -1,8 +1,11 @@
 //! The kernel's filter engines against libpcap itself, packet by packet:
-//! every expression of the differential test, on crafted frames (VLAN tags,
-//! IP options, fragments, truncated headers, ARP, IPv6) that real traffic
-//! on a test veth rarely has, run with BPF_PROG_TEST_RUN through the
-//! programs podtrace attaches. Nothing is sent anywhere.
+//! every expression of the differential test, on crafted frames (VLAN tags
+//! in the packet bytes, IP options, fragments, truncated headers, ARP,
+//! IPv6, IPv4 AH and IPv6 extension header chains for `protochain`) that
+//! real traffic on a test veth rarely has, run with BPF_PROG_TEST_RUN
+//! through the programs podtrace attaches. Nothing is sent anywhere.
+//! (BPF_PROG_TEST_RUN cannot put a tag in skb metadata: `filter_vlan`
+//! covers that with real frames.)
 //!
 //! The verdict is read from the counters: a rejected packet bumps
 //! `filtered`. Every run must also return TCX_NEXT, whatever the filter.
@@ -38,6 +41,23 @@ const MORE: &[&str] = &[
     "ether[12:2] = 0x8100",
     "ip6 and ip6[6] = 6 and ip6[53] & 2 != 0",
     "ip[2:2] > 1400",
+    "vlan 100 and vlan 10 and udp",
+    "vlan and vlan and ip",
+    "ether[16:2] = 0x8100",
+];
+
+/// `protochain` (issue 15): libpcap compiles a loop over extension headers,
+/// which only the interpreter runs; `native` must refuse it.
+const LOOPING: &[&str] = &[
+    "ip protochain 17",
+    "ip protochain 4",
+    "ip protochain 51",
+    "ip6 protochain 17",
+    "ip6 protochain 6",
+    "ip6 protochain 44",
+    "ip6 protochain 59",
+    "protochain 17",
+    "protochain 6 or ip6 protochain 58",
 ];
 
 pub fn engines_match_libpcap() -> Result<()> {
@@ -46,6 +66,7 @@ pub fn engines_match_libpcap() -> Result<()> {
     let expressions: Vec<String> = EXPRESSIONS
         .iter()
         .chain(MORE)
+        .chain(LOOPING)
         .map(|e| vars.fill(e))
         .collect();
     let engines = [
@@ -53,16 +74,33 @@ pub fn engines_match_libpcap() -> Result<()> {
         ("native, helper loads only", FilterEngine::Native, true),
         ("interpreter", FilterEngine::Interpreter, false),
     ];
+    // What `auto` runs a looping filter with, and the only engine that may.
+    let looping_engines = [
+        ("auto", FilterEngine::Auto, false),
+        ("interpreter", FilterEngine::Interpreter, false),
+    ];
     let mut failures = Vec::new();
     let mut accepted = 0;
+    let mut loops_accepted = 0;
     for expr in &expressions {
         let compiled = filter::compile(expr, 262_144).with_context(|| expr.clone())?;
         let want: Vec<bool> = frames
             .iter()
             .map(|(_, f)| compiled.libpcap_verdict(f) != 0)
             .collect();
-        accepted += want.iter().filter(|w| **w).count();
-        for (label, engine, slow_loads_only) in engines {
+        let loops = LOOPING.contains(&expr.as_str());
+        if loops {
+            loops_accepted += want.iter().filter(|w| **w).count();
+            refused_natively(&compiled.insns).with_context(|| expr.clone())?;
+        } else {
+            accepted += want.iter().filter(|w| **w).count();
+        }
+        for (label, engine, slow_loads_only) in if loops {
+            &looping_engines[..]
+        } else {
+            &engines[..]
+        } {
+            let (label, engine, slow_loads_only) = (*label, *engine, *slow_loads_only);
             let mut programs = Programs::load(LoadOptions {
                 snaplen: 262_144,
                 ring_bytes: 1 << 20,
@@ -72,7 +110,12 @@ pub fn engines_match_libpcap() -> Result<()> {
                 immediate: false,
             })
             .with_context(|| format!("{expr:?} ({label})"))?;
-            ensure!(programs.engine_used == Some(engine), "{expr:?} ({label})");
+            let used = if loops {
+                FilterEngine::Interpreter
+            } else {
+                engine
+            };
+            ensure!(programs.engine_used == Some(used), "{expr:?} ({label})");
             for ((name, frame), want) in frames.iter().zip(&want) {
                 let before = programs.counters();
                 let (verdict, _) =
@@ -98,12 +141,40 @@ pub fn engines_match_libpcap() -> Result<()> {
     }
     ensure!(failures.is_empty(), "{}", failures.join("\n"));
     // The frames exercise the expressions both ways.
-    let runs = expressions.len() * frames.len();
+    let runs = (expressions.len() - LOOPING.len()) * frames.len();
     ensure!(
         accepted > runs / 10 && accepted < runs * 9 / 10,
         "{accepted} of {runs}"
     );
+    let runs = LOOPING.len() * frames.len();
+    ensure!(
+        loops_accepted > runs / 20 && loops_accepted < runs / 2,
+        "protochain: {loops_accepted} of {runs}"
+    );
     Ok(())
+}
+
+/// `--filter-engine native` refuses a filter that loops, saying why.
+fn refused_natively(insns: &[podtrace_common::FilterInsn]) -> Result<()> {
+    let refused = Programs::load(LoadOptions {
+        snaplen: 262_144,
+        ring_bytes: 1 << 20,
+        filter: insns,
+        engine: FilterEngine::Native,
+        slow_loads_only: false,
+        immediate: false,
+    });
+    match refused {
+        Ok(_) => anyhow::bail!("the native engine accepted a loop"),
+        Err(e) => {
+            let text = e.to_string();
+            ensure!(
+                text.contains("loops") && text.contains("protochain"),
+                "{text}"
+            );
+            Ok(())
+        }
+    }
 }
 
 impl Vars {
@@ -137,6 +208,9 @@ fn frames() -> Result<Vec<(&'static str, Vec<u8>)>> {
     let vlan = PacketBuilder::ethernet2(HOST_MAC, NS_MAC)
         .single_vlan(VlanId::try_new(10)?)
         .ipv4(HOST, NS, 64);
+    let qinq = PacketBuilder::ethernet2(HOST_MAC, NS_MAC)
+        .double_vlan(VlanId::try_new(100)?, VlanId::try_new(10)?)
+        .ipv4(HOST, NS, 64);
     let mut out = vec![
         frame!("tcp syn", v4().tcp(40000, 9000, 1, 64240).syn(), &[]),
         frame!(
@@ -167,6 +241,7 @@ fn frames() -> Result<Vec<(&'static str, Vec<u8>)>> {
         frame!("ip6 udp", v6().udp(5002, 7001), &payload[..100]),
         frame!("icmp6 echo", v6().icmpv6_echo_request(1, 1), &payload[..8]),
         frame!("vlan udp", vlan.udp(5003, 7001), &payload[..30]),
+        frame!("qinq udp", qinq.udp(5004, 7001), &payload[..30]),
     ];
     let syn = out[0].1.clone();
     out.push(("ip options", with_ip_options(&syn)));
@@ -179,7 +254,70 @@ fn frames() -> Result<Vec<(&'static str, Vec<u8>)>> {
     let mut broadcast = out[5].1.clone();
     broadcast[..6].copy_from_slice(&BROADCAST);
     out.push(("broadcast udp", broadcast));
+    // Header chains for protochain: longer ones than the program, so that
+    // the interpreter must go round its loop more times than the program
+    // has instructions.
+    let udp = out[4].1.clone();
+    out.push(("ip ah udp", with_ah(&udp, 1)));
+    out.push(("ip ah ah ah udp", with_ah(&udp, 3)));
+    out.push(("ip ah ipip", with_ah(&ipip(&udp), 1)));
+    let udp6 = out[10].1.clone();
+    let tcp6 = out[9].1.clone();
+    out.push(("ip6 hbh dst udp", with_ip6_extensions(&udp6, &[0, 60])));
+    out.push((
+        "ip6 hbh dst rt frag dst udp",
+        with_ip6_extensions(&udp6, &[0, 60, 43, 44, 60]),
+    ));
+    out.push(("ip6 frag tcp", with_ip6_extensions(&tcp6, &[44])));
+    // A chain that runs off the end of the frame.
+    let mut endless = with_ip6_extensions(&udp6, &[60; 12]);
+    endless.truncate(54 + 8 * 12);
+    endless[54 + 8 * 11] = 60;
+    out.push(("ip6 dst x12, cut", endless));
     Ok(out)
+}
+
+/// The IPv4 frame (no options) with `count` AH headers of 24 bytes before
+/// its payload.
+pub(crate) fn with_ah(frame: &[u8], count: usize) -> Vec<u8> {
+    let mut out = frame[..34].to_vec();
+    out[23] = 51;
+    for i in 0..count {
+        let next = if i + 1 < count { 51 } else { frame[23] };
+        // Next header, length in 4-byte words minus 2, reserved, SPI,
+        // sequence number, then a 12-byte ICV.
+        out.extend([next, 4, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1]);
+        out.extend([0xa5; 12]);
+    }
+    out.extend(&frame[34..]);
+    let total = u16::from_be_bytes([out[16], out[17]]) + 24 * count as u16;
+    out[16..18].copy_from_slice(&total.to_be_bytes());
+    out
+}
+
+/// The IPv4 frame's packet inside another IPv4 header (protocol 4).
+pub(crate) fn ipip(frame: &[u8]) -> Vec<u8> {
+    let mut out = frame[..34].to_vec();
+    out[23] = 4;
+    let total = u16::from_be_bytes([out[16], out[17]]) + 20;
+    out[16..18].copy_from_slice(&total.to_be_bytes());
+    out.extend(&frame[14..]);
+    out
+}
+
+/// The IPv6 frame with 8-byte extension headers of `types` before its payload.
+pub(crate) fn with_ip6_extensions(frame: &[u8], types: &[u8]) -> Vec<u8> {
+    let payload_type = frame[20];
+    let mut out = frame[..54].to_vec();
+    out[20] = types[0];
+    for i in 0..types.len() {
+        let next = types.get(i + 1).copied().unwrap_or(payload_type);
+        out.extend([next, 0, 0, 0, 0, 0, 0, 0]);
+    }
+    out.extend(&frame[54..]);
+    let len = u16::from_be_bytes([out[18], out[19]]) + 8 * types.len() as u16;
+    out[18..20].copy_from_slice(&len.to_be_bytes());
+    out
 }
 
 /// The frame with 4 bytes of IPv4 options (NOPs) after the header.

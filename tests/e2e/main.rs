@@ -12,6 +12,7 @@ mod coexist;
 mod errors;
 mod filter;
 mod filter_engines;
+mod filter_vlan;
 mod output;
 mod pods;
 
@@ -119,6 +120,14 @@ const TESTS: &[(&str, TestFn)] = &[
         filter_engines::engines_match_libpcap,
     ),
     (
+        "filter_vlan::tags_written_like_tcpdump",
+        filter_vlan::tags_written_like_tcpdump,
+    ),
+    (
+        "filter_vlan::filters_match_tcpdump_on_tagged_frames",
+        filter_vlan::filters_match_tcpdump_on_tagged_frames,
+    ),
+    (
         "filter::long_filter_loads_and_matches",
         filter::long_filter_loads_and_matches,
     ),
@@ -129,6 +138,10 @@ const TESTS: &[(&str, TestFn)] = &[
     (
         "filter::invalid_filter_attaches_nothing",
         filter::invalid_filter_attaches_nothing,
+    ),
+    (
+        "filter::huge_filter_can_be_stopped",
+        filter::huge_filter_can_be_stopped,
     ),
     (
         "filter::dump_matches_tcpdump_unprivileged",

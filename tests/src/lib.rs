@@ -12,6 +12,7 @@ pub mod run;
 mod sh;
 pub mod traffic;
 pub mod tshark;
+pub mod vlan;
 
 pub mod bench;
 

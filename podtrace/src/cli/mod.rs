@@ -5,7 +5,7 @@ mod pods;
 use std::{
     io::{self, IsTerminal},
     path::PathBuf,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context, Result};
@@ -206,10 +206,15 @@ impl CaptureArgs {
     /// Resolves the arguments into a plan: targets found, filter compiled,
     /// output chosen. Nothing is loaded or attached yet.
     pub async fn plan(&self, verbose: bool) -> Result<CapturePlan> {
+        // `--duration` counts from here: a long compilation uses it up.
+        let started = Instant::now();
         let expression = filter::expression(self.filter_words(), self.filter_file.as_deref())?;
         let target = self.target().await?;
         let filter = match expression {
-            Some(expr) => Some(self.compile(&expr)?),
+            Some(expr) => {
+                let deadline = self.duration.and_then(|d| started.checked_add(d));
+                Some(self.compile(&expr, deadline)?)
+            }
             None => None,
         };
         let mut sink = self.sink_options(verbose);
@@ -222,7 +227,7 @@ impl CaptureArgs {
             targets: vec![target],
             sink,
             count: self.count,
-            duration: self.duration,
+            duration: self.duration.map(|d| d.saturating_sub(started.elapsed())),
             ring_bytes: ring_bytes(self.buffer_kib),
             tc_mode: self.tc_mode,
             filter_engine: self.filter_engine,
@@ -267,7 +272,7 @@ impl CaptureArgs {
         }
         let expression = filter::expression(self.filter_words(), self.filter_file.as_deref())?;
         // No expression: tcpdump -d prints the accept-all program.
-        let filter = self.compile(expression.as_deref().unwrap_or(""))?;
+        let filter = self.compile(expression.as_deref().unwrap_or(""), None)?;
         Ok(filter.dump(self.dump))
     }
 
@@ -279,8 +284,15 @@ impl CaptureArgs {
         }
     }
 
-    fn compile(&self, expression: &str) -> Result<Filter> {
-        let filter = filter::compile(expression, self.snaplen())?;
+    /// Compiles the filter; SIGINT, SIGTERM, SIGHUP or `deadline` stop it.
+    fn compile(&self, expression: &str, deadline: Option<Instant>) -> Result<Filter> {
+        let filter = filter::compile_patiently(expression, self.snaplen(), deadline, |waited| {
+            eprintln!(
+                "podtrace: still compiling the filter after {} s (libpcap's optimizer can take \
+                 minutes on thousands of terms; Ctrl-C stops)",
+                waited.as_secs()
+            )
+        })?;
         podtrace::verbose(format_args!(
             "filter compiled to {} classic-BPF instructions in {:.3} s",
             filter.insns.len(),

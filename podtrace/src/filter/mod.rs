@@ -17,7 +17,10 @@ use std::{
 
 use podtrace_common::{FilterInsn, MAX_FILTER_INSNS};
 
+mod patience;
 pub mod translate;
+
+pub use patience::compile_patiently;
 
 /// A compiled filter expression.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,12 +49,19 @@ pub enum FilterError {
     FileAndWords { words: String },
     #[error("libpcap cannot open a handle to compile filters")]
     Pcap,
+    #[error("{signal} while libpcap was compiling the filter; nothing was captured")]
+    Interrupted { signal: &'static str },
+    #[error("--duration ran out after {:.1} s of compiling the filter; nothing was captured", waited.as_secs_f64())]
+    DurationElapsed { waited: Duration },
 }
 
 impl FilterError {
     /// Whether the user asked for something that cannot be (exit code 2).
     pub fn is_bad_input(&self) -> bool {
-        !matches!(self, Self::Pcap)
+        !matches!(
+            self,
+            Self::Pcap | Self::Interrupted { .. } | Self::DurationElapsed { .. }
+        )
     }
 }
 
