@@ -87,13 +87,12 @@ struct Vm {
     /// The filter's verdict: 0 rejects, otherwise bytes to keep.
     ret: u32,
     mem: [u32; FILTER_MEMWORDS as usize],
-    // Last: placed before `a`, they made the verifier's pass over the
-    // bpf_loop callback converge 15 times slower (~25 k processed
-    // instructions became ~450 k).
-    /// The outer VLAN tag put back at offset 12 (TPID << 16 | TCI), 0 if none.
-    tag: u32,
-    /// With a tag: the frame's bytes around it, see [`around_tag`].
-    around_tag: [u64; 2],
+    /// With a tag put back: frame bytes 8..12, 12..16 (the tag) and
+    /// 16..20, big-endian words (see [`near_tag`]). Right after `mem`, so
+    /// that one memset zeroes both; before `a`, it made the verifier's pass
+    /// over the bpf_loop callback converge 15 times slower (~25 k processed
+    /// instructions became ~450 k).
+    near_tag: [u32; 3],
 }
 
 /// Runs the program in `FILTER` on the packet, with `tag` (from the skb's
@@ -109,13 +108,11 @@ pub fn run(skb: *mut __sk_buff, len: u32, tag: u32) -> u32 {
         pc: 0,
         ret: 0,
         mem: [0; FILTER_MEMWORDS as usize],
-        tag,
-        around_tag: if tag != 0 {
-            around_tag(skb, tag)
-        } else {
-            [0; 2]
-        },
+        near_tag: [0; 3],
     };
+    if tag != 0 {
+        vm.near_tag = near_tag(skb, tag);
+    }
     // Every path ends at a RET, at a pc past the program (the map holds
     // exactly the program), or when the budget runs out: all but the first
     // leave `ret` at 0, rejecting.
@@ -124,7 +121,11 @@ pub fn run(skb: *mut __sk_buff, len: u32, tag: u32) -> u32 {
     unsafe {
         bpf_loop(
             MAX_STEPS,
-            step as *const () as *mut c_void,
+            if tag == 0 {
+                step::<false> as *const () as *mut c_void
+            } else {
+                step::<true> as *const () as *mut c_void
+            },
             (&mut vm as *mut Vm).cast(),
             0,
         );
@@ -133,10 +134,13 @@ pub fn run(skb: *mut __sk_buff, len: u32, tag: u32) -> u32 {
 }
 
 /// One instruction. Returns 0 to go on, 1 to stop (with `vm.ret` set).
-extern "C" fn step(_index: u64, ctx: *mut c_void) -> i64 {
+/// `TAGGED`: the packet has a tag put back. Two callbacks rather than a
+/// test of `vm.tag` in every load: that test alone made every interpreted
+/// instruction slower (register pressure in `exec`), tagged or not.
+extern "C" fn step<const TAGGED: bool>(_index: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: `ctx` is the `&mut Vm` that `run` passed to bpf_loop.
     let vm = unsafe { &mut *ctx.cast::<Vm>() };
-    match exec(vm) {
+    match exec::<TAGGED>(vm) {
         Ok(()) => 0,
         Err(verdict) => {
             vm.ret = verdict;
@@ -147,7 +151,7 @@ extern "C" fn step(_index: u64, ctx: *mut c_void) -> i64 {
 
 /// Executes the instruction at `vm.pc`; `Err(verdict)` ends the program.
 #[inline(always)]
-fn exec(vm: &mut Vm) -> Result<(), u32> {
+fn exec<const TAGGED: bool>(vm: &mut Vm) -> Result<(), u32> {
     let insn = *FILTER.get(vm.pc).ok_or(0u32)?;
     vm.pc += 1;
     let (code, k) = (insn.code, insn.k);
@@ -155,8 +159,8 @@ fn exec(vm: &mut Vm) -> Result<(), u32> {
         LD => {
             vm.a = match code & 0xe0 {
                 IMM => k,
-                ABS => load(vm, k, code & 0x18)?,
-                IND => load(vm, vm.x.checked_add(k).ok_or(0u32)?, code & 0x18)?,
+                ABS => load::<TAGGED>(vm, k, code & 0x18)?,
+                IND => load::<TAGGED>(vm, vm.x.checked_add(k).ok_or(0u32)?, code & 0x18)?,
                 MEM => *vm.mem.get(k as usize).ok_or(0u32)?,
                 LEN => vm.len,
                 _ => return Err(0),
@@ -168,7 +172,7 @@ fn exec(vm: &mut Vm) -> Result<(), u32> {
                 MEM => *vm.mem.get(k as usize).ok_or(0u32)?,
                 LEN => vm.len,
                 // The IPv4 header length idiom: 4 * (P[k] & 0xf).
-                MSH => (load(vm, k, B)? & 0xf) << 2,
+                MSH => (load::<TAGGED>(vm, k, B)? & 0xf) << 2,
                 _ => return Err(0),
             }
         }
@@ -235,42 +239,57 @@ fn alu(op: u16, a: u32, src: u32) -> Result<u32, u32> {
 /// A big-endian load of `size` (W, H or B) bytes at offset `off` of the
 /// frame as written.
 #[inline(always)]
-fn load(vm: &Vm, off: u32, size: u16) -> Result<u32, u32> {
+fn load<const TAGGED: bool>(vm: &Vm, off: u32, size: u16) -> Result<u32, u32> {
+    if TAGGED {
+        return u32::try_from(tagged_load(vm, off, size)).map_err(|_| 0);
+    }
+    match size {
+        W => bytes::<4>(vm, off).map(u32::from_be_bytes),
+        H => bytes::<2>(vm, off).map(|b| u32::from(u16::from_be_bytes(b))),
+        B => bytes::<1>(vm, off).map(|b| u32::from(b[0])),
+        _ => Err(0),
+    }
+}
+
+/// [`load`] on a frame with a tag put back; -1 rejects.
+#[inline(never)]
+fn tagged_load(vm: &Vm, off: u32, size: u16) -> i64 {
     let n = match size {
         W => 4,
         H => 2,
         B => 1,
-        _ => return Err(0),
+        _ => return -1,
     };
     if off > vm.len || vm.len - off < n {
-        return Err(0);
+        return -1;
     }
     let after_tag = VLAN_TAG_OFFSET + VLAN_TAG_LEN;
-    let at = if vm.tag == 0 || off + n <= VLAN_TAG_OFFSET {
+    let at = if off + n <= VLAN_TAG_OFFSET {
         off
     } else if off >= after_tag {
         off - VLAN_TAG_LEN
     } else {
-        return Ok(vm.across_tag(off, n));
+        return i64::from(vm.across_tag(off, n));
     };
-    match size {
+    let value = match size {
         W => bytes::<4>(vm, at).map(u32::from_be_bytes),
         H => bytes::<2>(vm, at).map(|b| u32::from(u16::from_be_bytes(b))),
         _ => bytes::<1>(vm, at).map(|b| u32::from(b[0])),
-    }
+    };
+    value.map_or(-1, i64::from)
 }
 
 impl Vm {
     /// A load of `n` bytes at `off` that touches the tag put back
-    /// (9 <= off < 16, within the frame), from `around_tag`.
+    /// (9 <= off < 16, within the frame), from `near_tag`.
     #[inline(always)]
     fn across_tag(&self, off: u32, n: u32) -> u32 {
-        let [before, after] = self.around_tag;
+        let [before, tag, after] = self.near_tag.map(u64::from);
         // Bytes 8..16, or 12..20 when the load ends past 16.
         let (window, end) = if off + n <= 16 {
-            (before, 16)
+            ((before << 32) | tag, 16)
         } else {
-            ((before << 32) | (after >> 32), 20)
+            ((tag << 32) | after, 20)
         };
         let value = (window >> (8 * (end - off - n))) as u32;
         if n == 4 {
@@ -281,11 +300,11 @@ impl Vm {
     }
 }
 
-/// Frame bytes 8..16 and 16..20 (then zeros), big-endian: the 4 bytes
-/// before the tag, the tag, and the skb's 4 bytes after it (fewer in a
-/// frame shorter than 20 bytes; `load` never reads past the frame).
+/// Frame bytes 8..12, the tag, and frame bytes 16..20 (the skb's 12..16;
+/// fewer, then zeros, in a frame shorter than 20 bytes: `load` never reads
+/// past the frame), as big-endian words.
 #[inline(always)]
-fn around_tag(skb: *mut __sk_buff, tag: u32) -> [u64; 2] {
+fn near_tag(skb: *mut __sk_buff, tag: u32) -> [u32; 3] {
     let mut before = [0u8; 4];
     let mut after = [0u8; 4];
     // SAFETY: `skb` is the program's context; the buffers hold 4 bytes.
@@ -296,15 +315,15 @@ fn around_tag(skb: *mut __sk_buff, tag: u32) -> [u64; 2] {
             bpf_skb_load_bytes(ctx, VLAN_TAG_OFFSET, after.as_mut_ptr().cast(), 2);
         }
     }
-    [
-        (u64::from(u32::from_be_bytes(before)) << 32) | u64::from(tag),
-        u64::from(u32::from_be_bytes(after)) << 32,
-    ]
+    [u32::from_be_bytes(before), tag, u32::from_be_bytes(after)]
 }
 
-/// The `N` bytes at offset `off` of the skb (an out-of-range load fails).
+/// The `N` bytes at offset `off` of the skb, within `vm.len`.
 #[inline(always)]
 fn bytes<const N: usize>(vm: &Vm, off: u32) -> Result<[u8; N], u32> {
+    if off > vm.len || vm.len - off < N as u32 {
+        return Err(0);
+    }
     // Most loads hit the linear head (headers): read them directly, cheaper
     // than the helper call. The bound keeps the verifier's packet-pointer
     // arithmetic in range; black_box so LLVM cannot re-derive the offset
