@@ -14,6 +14,7 @@ pub mod link;
 pub mod preflight;
 mod progress;
 pub mod ring;
+mod rtnl;
 pub mod sink;
 pub mod target;
 

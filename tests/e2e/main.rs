@@ -12,6 +12,7 @@ mod coexist;
 mod errors;
 mod filter;
 mod filter_engines;
+mod hardening;
 mod output;
 mod pods;
 
@@ -137,6 +138,26 @@ const TESTS: &[(&str, TestFn)] = &[
     (
         "bench::quick_run_has_every_row",
         bench::quick_run_has_every_row,
+    ),
+    (
+        "hardening::output_symlinks_are_refused",
+        hardening::output_symlinks_are_refused,
+    ),
+    (
+        "hardening::two_clsact_captures_are_both_exact",
+        hardening::two_clsact_captures_are_both_exact,
+    ),
+    (
+        "hardening::stale_clsact_filter_removed_in_tcx_mode",
+        hardening::stale_clsact_filter_removed_in_tcx_mode,
+    ),
+    (
+        "hardening::sighup_stops_cleanly_unless_ignored",
+        hardening::sighup_stops_cleanly_unless_ignored,
+    ),
+    (
+        "hardening::oversized_numbers_are_refused",
+        hardening::oversized_numbers_are_refused,
     ),
     (
         "capture_ring::small_ring_wraps_records_intact",

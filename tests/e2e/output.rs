@@ -108,7 +108,7 @@ pub fn pcapng_names_the_pod_and_marks_directions() -> Result<()> {
 }
 
 /// (isb_ifrecv, isb_ifdrop) of the file's statistics block.
-fn interface_statistics(file: &Path) -> Result<(u64, u64)> {
+pub(crate) fn interface_statistics(file: &Path) -> Result<(u64, u64)> {
     let mut reader = PcapNgReader::new(std::fs::File::open(file)?)?;
     let (mut recv, mut drop) = (None, None);
     while let Some(block) = reader.next_block() {
@@ -341,7 +341,7 @@ fn time_to_output(net: &TestNet, mut arrived: impl FnMut() -> bool) -> Result<Du
     Ok(sent.elapsed())
 }
 
-fn send_udp(net: &TestNet, count: usize, size: usize) -> Result<()> {
+pub(crate) fn send_udp(net: &TestNet, count: usize, size: usize) -> Result<()> {
     let sock = UdpSocket::bind((net.host_ip, 0))?;
     let payload = vec![0x5a; size];
     for _ in 0..count {

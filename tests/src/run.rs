@@ -124,18 +124,36 @@ pub struct Capture {
 impl Capture {
     /// Starts podtrace and waits until it says it is capturing.
     pub fn start(args: &[&str]) -> Result<Self> {
-        Ok(Self::spawn(args, false)?.0)
+        Ok(Self::spawn(&[], args, false)?.0)
+    }
+
+    /// Like [`start`](Self::start), with podtrace run by `wrapper` (e.g.
+    /// `["nohup"]`), which must exec it.
+    pub fn start_via(wrapper: &[&str], args: &[&str]) -> Result<Self> {
+        Ok(Self::spawn(wrapper, args, false)?.0)
     }
 
     /// Like [`start`](Self::start), but hands podtrace's stdout to the caller
     /// (a live `-w -` stream).
     pub fn start_streaming(args: &[&str]) -> Result<(Self, ChildStdout)> {
-        let (capture, out) = Self::spawn(args, true)?;
+        let (capture, out) = Self::spawn(&[], args, true)?;
         Ok((capture, out.expect("stdout kept")))
     }
 
-    fn spawn(args: &[&str], keep_stdout: bool) -> Result<(Self, Option<ChildStdout>)> {
-        let mut child = Command::new(bin())
+    fn spawn(
+        wrapper: &[&str],
+        args: &[&str],
+        keep_stdout: bool,
+    ) -> Result<(Self, Option<ChildStdout>)> {
+        let mut command = match wrapper {
+            [] => Command::new(bin()),
+            [program, rest @ ..] => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(bin());
+                c
+            }
+        };
+        let mut child = command
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -6,15 +6,16 @@
 //! cls_bpf filter on the clsact qdisc, added next to whatever filters are
 //! already there; filters a killed podtrace left behind are removed first.
 
+mod clsact;
 mod native;
 
-use std::{collections::HashMap, io};
+use std::{collections::HashMap, os::fd::AsFd};
 
 use aya::{
     maps::{Array, MapData, PerCpuArray, RingBuf},
     programs::{
         links::LinkOrder,
-        tc::{self, NlOptions, SchedClassifierLinkId, TcAttachOptions},
+        tc::{self, SchedClassifierLinkId, TcAttachOptions},
         SchedClassifier, TcAttachType,
     },
     Ebpf, EbpfLoader,
@@ -143,22 +144,40 @@ pub struct LoadOptions<'a> {
     pub immediate: bool,
 }
 
+/// One program attached at one hook of a link.
+enum Hooked {
+    Tcx {
+        hook: TcAttachType,
+        id: SchedClassifierLinkId,
+    },
+    Clsact {
+        hook: clsact::Hook,
+        priority: u16,
+        handle: u32,
+        name: String,
+    },
+}
+
+/// A link and what is attached to it.
 struct Attached {
-    iface: String,
-    hook: TcAttachType,
-    id: SchedClassifierLinkId,
+    link: HostLink,
+    hooks: Vec<Hooked>,
 }
 
 /// The loaded programs and where they are attached. Dropping it detaches all.
 pub struct Programs {
     ebpf: Ebpf,
-    attached: Vec<Attached>,
+    /// By ifindex.
+    attached: HashMap<u32, Attached>,
+    /// Every link attached so far, kept after detaching: records still in
+    /// the ring name them.
+    known: HashMap<u32, HostLink>,
+    /// Written into the names of clsact filters (see [`clsact`]).
+    owner: Option<clsact::Owner>,
     counters: PerCpuArray<MapData, u64>,
     filters: Option<native::FilterPrograms>,
     /// Whether the filter runs translated or interpreted (None: no filter).
     pub engine_used: Option<FilterEngine>,
-    /// Interfaces by ifindex, for records and statistics.
-    pub links: HashMap<u32, HostLink>,
     /// How the last attach was done, for -v and tests.
     pub mode_used: Option<TcMode>,
 }
@@ -249,11 +268,12 @@ impl Programs {
         };
         Ok(Self {
             ebpf,
-            attached: Vec::new(),
+            attached: HashMap::new(),
+            known: HashMap::new(),
+            owner: None,
             counters,
             filters,
             engine_used,
-            links: HashMap::new(),
             mode_used: None,
         })
     }
@@ -267,78 +287,160 @@ impl Programs {
         RingBuf::try_from(map).map_err(|e| AttachError::Load(e.to_string()))
     }
 
-    /// Attaches the selected hooks of `link`.
+    /// Attaches the selected hooks of `link`; on failure nothing of it
+    /// stays attached. Stale filters a killed podtrace left on the link are
+    /// removed first, whatever the mode.
     pub fn attach(
         &mut self,
         link: &HostLink,
         hooks: Hooks,
         mode: TcMode,
-    ) -> Result<(), AttachError> {
+    ) -> Result<TcMode, AttachError> {
+        self.detach(link.ifindex);
         let wanted = [
             (hooks.ingress, TcAttachType::Ingress),
             (hooks.egress, TcAttachType::Egress),
         ];
+        let mut attached = Attached {
+            link: link.clone(),
+            hooks: Vec::new(),
+        };
+        let mut used = mode;
         for (on, hook) in wanted {
-            if on {
-                self.attach_one(&link.name, hook, mode)?;
+            remove_stale(link, hook);
+            if !on {
+                continue;
+            }
+            match self.attach_one(link, hook, mode) {
+                Ok((hooked, mode)) => {
+                    attached.hooks.push(hooked);
+                    used = mode;
+                }
+                Err(e) => {
+                    self.release(attached);
+                    return Err(e);
+                }
             }
         }
-        self.links.insert(link.ifindex, link.clone());
-        Ok(())
+        self.attached.insert(link.ifindex, attached);
+        self.known.insert(link.ifindex, link.clone());
+        self.mode_used = Some(used);
+        Ok(used)
     }
 
     fn attach_one(
         &mut self,
-        iface: &str,
+        link: &HostLink,
         hook: TcAttachType,
         mode: TcMode,
-    ) -> Result<(), AttachError> {
+    ) -> Result<(Hooked, TcMode), AttachError> {
         let fail = |reason: String| AttachError::Attach {
-            iface: iface.to_owned(),
+            iface: link.name.clone(),
             hook: hook_name(hook),
             reason,
         };
+        if mode == TcMode::Clsact {
+            return Ok((
+                self.attach_clsact(link, hook).map_err(fail)?,
+                TcMode::Clsact,
+            ));
+        }
         let prog = self.entry(hook)?;
         // First in the chain: see packets before other programs (a CNI's
         // redirect, say) can end it; our verdict lets everything through.
-        let mut tcx =
-            || prog.attach_with_options(iface, hook, TcAttachOptions::TcxOrder(LinkOrder::first()));
-        let (id, used) = match mode {
-            TcMode::Tcx => (tcx().map_err(|e| fail(error_chain(&e)))?, TcMode::Tcx),
-            TcMode::Auto => match tcx() {
-                Ok(id) => (id, TcMode::Tcx),
-                Err(e) => {
-                    crate::verbose(format_args!("TCX attach failed ({e}), using clsact"));
-                    (
-                        attach_clsact(prog, iface, hook).map_err(fail)?,
-                        TcMode::Clsact,
-                    )
-                }
-            },
-            TcMode::Clsact => (
-                attach_clsact(prog, iface, hook).map_err(fail)?,
-                TcMode::Clsact,
+        let tcx = prog.attach_with_options(
+            &link.name,
+            hook,
+            TcAttachOptions::TcxOrder(LinkOrder::first()),
+        );
+        match (tcx, mode) {
+            (Ok(id), _) => Ok((Hooked::Tcx { hook, id }, TcMode::Tcx)),
+            (Err(e), TcMode::Auto) => {
+                crate::verbose(format_args!("TCX attach failed ({e}), using clsact"));
+                Ok((
+                    self.attach_clsact(link, hook).map_err(fail)?,
+                    TcMode::Clsact,
+                ))
+            }
+            (Err(e), _) => Err(fail(error_chain(&e))),
+        }
+    }
+
+    /// A cls_bpf filter on the clsact qdisc, named after its owner.
+    fn attach_clsact(&mut self, link: &HostLink, hook: TcAttachType) -> Result<Hooked, String> {
+        // An existing clsact qdisc (ours from before, or a CNI's) is fine.
+        if let Err(e) = tc::qdisc_add_clsact(&link.name) {
+            if !is_already_exists(&e) {
+                return Err(format!("cannot add clsact qdisc: {}", error_chain(&e)));
+            }
+        }
+        let owner = match self.owner {
+            Some(owner) => owner,
+            None => *self.owner.insert(
+                clsact::Owner::me().map_err(|e| format!("cannot name the filter's owner: {e}"))?,
             ),
         };
-        self.mode_used = Some(used);
-        self.attached.push(Attached {
-            iface: iface.to_owned(),
-            hook,
-            id,
-        });
-        Ok(())
+        let name = owner.filter_name(self.entry_name(hook));
+        let prog = self.entry(hook).map_err(|e| e.to_string())?;
+        let fd = prog.fd().map_err(|e| error_chain(&e))?;
+        let tc_hook = clsact_hook(hook);
+        let (priority, handle) = clsact::add(link.ifindex, tc_hook, &fd.as_fd(), &name)
+            .map_err(|e| format!("cannot add a tc filter: {e}"))?;
+        Ok(Hooked::Clsact {
+            hook: tc_hook,
+            priority,
+            handle,
+            name,
+        })
+    }
+
+    /// Detaches everything attached to the link with this ifindex.
+    pub fn detach(&mut self, ifindex: u32) {
+        if let Some(attached) = self.attached.remove(&ifindex) {
+            self.release(attached);
+        }
+    }
+
+    fn release(&mut self, attached: Attached) {
+        let iface = &attached.link.name;
+        for hooked in attached.hooks {
+            // The interface may be gone already (pod deleted): nothing to undo.
+            let result = match hooked {
+                Hooked::Tcx { hook, id } => self
+                    .entry(hook)
+                    .map_err(|e| e.to_string())
+                    .and_then(|prog| prog.detach(id).map_err(|e| error_chain(&e))),
+                Hooked::Clsact {
+                    hook,
+                    priority,
+                    handle,
+                    name,
+                } => clsact::remove(attached.link.ifindex, hook, priority, handle, &name)
+                    .map(drop)
+                    .map_err(|e| e.to_string()),
+            };
+            if let Err(e) = result {
+                crate::verbose(format_args!("detach from {iface}: {e}"));
+            }
+        }
     }
 
     /// Detaches every program; safe to call more than once.
     pub fn detach_all(&mut self) {
-        for Attached { iface, hook, id } in std::mem::take(&mut self.attached) {
-            if let Ok(prog) = self.entry(hook) {
-                // The interface may be gone already (pod deleted): nothing to undo.
-                if let Err(e) = prog.detach(id) {
-                    crate::verbose(format_args!("detach from {iface}: {e}"));
-                }
-            }
+        let ifindexes: Vec<u32> = self.attached.keys().copied().collect();
+        for ifindex in ifindexes {
+            self.detach(ifindex);
         }
+    }
+
+    /// The links programs are attached to now.
+    pub fn links(&self) -> impl Iterator<Item = &HostLink> {
+        self.attached.values().map(|a| &a.link)
+    }
+
+    /// The link with this ifindex, attached now or before.
+    pub fn link(&self, ifindex: u32) -> Option<&HostLink> {
+        self.known.get(&ifindex)
     }
 
     /// The program attached at `hook`: the translated filter in front, or
@@ -364,6 +466,16 @@ impl Programs {
             .map_err(|e| AttachError::Load(error_chain(&e)))
     }
 
+    /// The kernel name of the program attached at `hook`.
+    fn entry_name(&self, hook: TcAttachType) -> &'static str {
+        match (self.filters.is_some(), hook == TcAttachType::Ingress) {
+            (true, true) => native::INGRESS_NAME,
+            (true, false) => native::EGRESS_NAME,
+            (false, true) => INGRESS_PROGRAM,
+            (false, false) => EGRESS_PROGRAM,
+        }
+    }
+
     pub fn counters(&self) -> KernelCounters {
         let sum = |index: u32| -> u64 {
             self.counters
@@ -385,33 +497,25 @@ impl Drop for Programs {
     }
 }
 
-fn attach_clsact(
-    prog: &mut SchedClassifier,
-    iface: &str,
-    hook: TcAttachType,
-) -> Result<SchedClassifierLinkId, String> {
-    // An existing clsact qdisc (ours from before, or a CNI's) is fine.
-    if let Err(e) = tc::qdisc_add_clsact(iface) {
-        if !is_already_exists(&e) {
-            return Err(format!("cannot add clsact qdisc: {}", error_chain(&e)));
+/// Removes the filters a killed podtrace left at `hook` of `link` (only
+/// those whose owner is provably dead; see [`clsact`]).
+fn remove_stale(link: &HostLink, hook: TcAttachType) {
+    // No clsact qdisc, no filters: the dump fails, and nothing is stale.
+    if let Ok(removed) = clsact::remove_stale(link.ifindex, clsact_hook(hook)) {
+        for name in removed {
+            crate::verbose(format_args!(
+                "removed the stale filter {name} from {}",
+                link.name
+            ));
         }
     }
-    // Filters left by a podtrace that was killed: ours by name, nobody else's.
-    let ours = match hook {
-        TcAttachType::Ingress => [INGRESS_PROGRAM, native::INGRESS_NAME],
-        _ => [EGRESS_PROGRAM, native::EGRESS_NAME],
-    };
-    for program in ours {
-        match tc::qdisc_detach_program(iface, hook, program) {
-            Ok(()) => crate::verbose(format_args!(
-                "removed a stale {program} filter from {iface}"
-            )),
-            Err(tc::TcError::IoError(e)) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => crate::verbose(format_args!("looking for stale filters on {iface}: {e}")),
-        }
+}
+
+fn clsact_hook(hook: TcAttachType) -> clsact::Hook {
+    match hook {
+        TcAttachType::Ingress => clsact::Hook::Ingress,
+        _ => clsact::Hook::Egress,
     }
-    prog.attach_with_options(iface, hook, TcAttachOptions::Netlink(NlOptions::default()))
-        .map_err(|e| error_chain(&e))
 }
 
 fn is_already_exists(e: &tc::TcError) -> bool {

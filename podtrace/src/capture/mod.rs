@@ -164,6 +164,12 @@ pub async fn run(
     let clock = Clock::measure();
     let mut sigint = signal(SignalKind::interrupt()).map_err(CaptureError::Signal)?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(CaptureError::Signal)?;
+    // A dropped SSH session hangs up a foreground capture: stop as on
+    // Ctrl-C (tcpdump does too), unless started under nohup.
+    let mut sighup = match hangup_ignored() {
+        true => None,
+        false => Some(signal(SignalKind::hangup()).map_err(CaptureError::Signal)?),
+    };
     on_start(&programs);
 
     let mut state = Drain {
@@ -186,6 +192,7 @@ pub async fn run(
             ready = reader.readable() => ready.map_err(CaptureError::Ring)?,
             _ = sigint.recv() => break Ok(StopReason::Signal("SIGINT")),
             _ = sigterm.recv() => break Ok(StopReason::Signal("SIGTERM")),
+            _ = recv(&mut sighup) => break Ok(StopReason::Signal("SIGHUP")),
             _ = sleep_until(deadline.unwrap_or_else(far_future)), if deadline.is_some() => {
                 break Ok(StopReason::Duration)
             }
@@ -301,10 +308,7 @@ impl Drain {
             let peer_is_target = match self.last_link {
                 Some((last, peer_is_target)) if last == ifindex => peer_is_target,
                 _ => {
-                    let peer_is_target = programs
-                        .links
-                        .get(&ifindex)
-                        .is_some_and(|l| l.peer_is_target);
+                    let peer_is_target = programs.link(ifindex).is_some_and(|l| l.peer_is_target);
                     self.last_link = Some((ifindex, peer_is_target));
                     peer_is_target
                 }
@@ -347,6 +351,26 @@ fn all_links_gone(targets: &[Target]) -> Option<String> {
         return None;
     }
     Some(targets.first()?.gone.clone())
+}
+
+/// Whether SIGHUP was set to be ignored when podtrace started (`nohup`).
+fn hangup_ignored() -> bool {
+    // SAFETY: a query only (no new action); `old` is a valid out pointer.
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(libc::SIGHUP, std::ptr::null(), &mut old) == 0
+            && old.sa_sigaction == libc::SIG_IGN
+    }
+}
+
+/// The next delivery of a signal that may not be watched at all.
+async fn recv(signal: &mut Option<tokio::signal::unix::Signal>) {
+    match signal {
+        Some(s) => {
+            s.recv().await;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 fn far_future() -> tokio::time::Instant {

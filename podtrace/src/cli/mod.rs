@@ -132,11 +132,11 @@ pub struct CaptureArgs {
     pub direction: DirectionFilter,
 
     /// Start a new file once the current one is larger than MB million bytes (like tcpdump).
-    #[arg(short = 'C', value_name = "MB", requires = "write", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(short = 'C', value_name = "MB", requires = "write", value_parser = clap::value_parser!(u64).range(1..=MAX_FILE_MB))]
     pub file_size: Option<u64>,
 
     /// Start a new file every SECS seconds; -w may hold strftime(3) conversions.
-    #[arg(short = 'G', value_name = "SECS", requires = "write", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(short = 'G', value_name = "SECS", requires = "write", value_parser = clap::value_parser!(u64).range(1..=MAX_SECS))]
     pub rotate_seconds: Option<u64>,
 
     /// With -C: keep a ring of N files. With -G: stop after N files.
@@ -187,6 +187,13 @@ fn immediate_mode(asked: bool, output: &Output, stdout_is_terminal: bool) -> boo
     asked || (*output == Output::Text && stdout_is_terminal)
 }
 
+/// The longest `--duration` or `-G` taken: ten years. Bounded so that
+/// every deadline and period computed from it fits.
+pub const MAX_SECS: u64 = 10 * 365 * 86_400;
+
+/// Largest `-C`, in millions of bytes (a petabyte): the byte count fits.
+pub const MAX_FILE_MB: u64 = 1_000_000_000;
+
 fn parse_secs(s: &str) -> Result<Duration, String> {
     let secs: f64 = s
         .parse()
@@ -194,7 +201,15 @@ fn parse_secs(s: &str) -> Result<Duration, String> {
     if !(secs > 0.0 && secs.is_finite()) {
         return Err(format!("{s:?} must be a positive number of seconds"));
     }
-    Ok(Duration::from_secs_f64(secs))
+    if secs > MAX_SECS as f64 {
+        return Err(format!(
+            "{s:?} is longer than {MAX_SECS} seconds (ten years)"
+        ));
+    }
+    match Duration::try_from_secs_f64(secs) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        _ => Err(format!("{s:?} is shorter than a nanosecond")),
+    }
 }
 
 /// Ring size in bytes for `-B KiB`: a power of two, at least one page.
@@ -393,9 +408,30 @@ pub fn describe_start(plan: &CapturePlan, mode: Option<TcMode>) -> String {
     )
 }
 
-/// Parses the process arguments.
+/// Parses the process arguments. A usage error is one line on stderr and
+/// exit 2: clap's message without its hints and usage block.
 pub fn parse() -> Cli {
-    Cli::parse()
+    match Cli::try_parse() {
+        Ok(cli) => cli,
+        // --help and --version print to stdout and exit 0.
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) => {
+            eprintln!("podtrace: {}", usage_error_line(&e.render().to_string()));
+            std::process::exit(2);
+        }
+    }
+}
+
+/// The first paragraph of a clap error on one line, without "error: ".
+fn usage_error_line(rendered: &str) -> String {
+    let first: Vec<&str> = rendered
+        .lines()
+        .map(str::trim)
+        .skip_while(|l| l.is_empty())
+        .take_while(|l| !l.is_empty())
+        .collect();
+    let line = first.join(" ");
+    line.strip_prefix("error: ").unwrap_or(&line).to_owned()
 }
 
 #[cfg(test)]

@@ -74,6 +74,48 @@ fn defaults_and_bad_values() {
 }
 
 #[test]
+fn numbers_that_would_overflow_a_duration_or_a_size_are_refused() {
+    // Each of these once panicked ("cannot convert float seconds to
+    // Duration") or overflowed when the deadline, period or size was computed.
+    for args in [
+        ["--duration", "1e300"],
+        ["--duration", "inf"],
+        ["--duration", "NaN"],
+        ["--duration", "1e-12"],
+        ["--duration", "315360001"],
+        ["-G", "18446744073709551615"],
+        ["-G", "315360001"],
+        ["-C", "18446744073709551615"],
+    ] {
+        let mut all = vec!["-i", "x", "-w", "f"];
+        all.extend(args);
+        let err = capture(&all)
+            .err()
+            .unwrap_or_else(|| panic!("{args:?} accepted"));
+        assert_eq!(
+            err.kind(),
+            clap::error::ErrorKind::ValueValidation,
+            "{args:?}"
+        );
+    }
+    let c = capture(&[
+        "-i",
+        "x",
+        "-w",
+        "f",
+        "--duration",
+        "315360000",
+        "-G",
+        "315360000",
+    ])
+    .unwrap();
+    assert_eq!(c.duration, Some(Duration::from_secs(MAX_SECS)));
+    assert_eq!(c.rotate_seconds, Some(MAX_SECS));
+    let c = capture(&["-i", "x", "-w", "f", "-C", "1000000000"]).unwrap();
+    assert_eq!(c.file_size, Some(MAX_FILE_MB));
+}
+
+#[test]
 fn pod_selector_forms() {
     let c = capture(&["--uid", "1234-5678"]).unwrap();
     assert_eq!(c.uid.as_deref(), Some("1234-5678"));
@@ -206,4 +248,21 @@ fn filter_from_file_or_words_not_both() {
         err.to_string(),
         "invalid filter expression \"tcp prt 80\": syntax error"
     );
+}
+
+#[test]
+fn usage_errors_fit_on_one_line() {
+    let err = capture(&["-i", "x", "--duration", "1e300"]).unwrap_err();
+    let line = usage_error_line(&err.render().to_string());
+    assert_eq!(
+        line,
+        "invalid value '1e300' for '--duration <SECS>': \"1e300\" is longer than 315360000 seconds (ten years)"
+    );
+    let err = Cli::try_parse_from(["podtrace", "capture", "--nope"]).unwrap_err();
+    assert_eq!(
+        usage_error_line(&err.render().to_string()),
+        "unexpected argument '--nope' found"
+    );
+    let err = Cli::try_parse_from(["podtrace"]).unwrap_err();
+    assert!(!usage_error_line(&err.render().to_string()).contains('\n'));
 }
