@@ -34,10 +34,10 @@ pub fn verbose(args: std::fmt::Arguments<'_>) {
     }
 }
 
-/// An error and its sources, "outer: inner: innermost", without repeating a
-/// message a Display already includes: for library errors that hide their
-/// cause (aya's, tonic's).
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+/// An error and its sources on one line, "outer: inner: innermost", without
+/// repeating a message a Display already includes (aya's and tonic's errors
+/// hide their causes in `source`).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

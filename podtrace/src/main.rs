@@ -19,7 +19,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("podtrace: {}", one_line(&err));
+            eprintln!("podtrace: {}", podtrace::error_chain(err.as_ref()));
             ExitCode::from(exit_code(&err))
         }
     }
@@ -64,20 +64,6 @@ fn print_out(text: &str) -> std::io::Result<()> {
     }
 }
 
-/// The error and its causes on one line, without repeating what a message
-/// already includes.
-fn one_line(err: &anyhow::Error) -> String {
-    let mut line = err.to_string();
-    for cause in err.chain().skip(1) {
-        let text = cause.to_string();
-        if !line.contains(&text) {
-            line.push_str(": ");
-            line.push_str(&text);
-        }
-    }
-    line
-}
-
 /// 2 for what the user asked that cannot be (bad target), 1 for failures.
 fn exit_code(err: &anyhow::Error) -> u8 {
     if let Some(e) = err.downcast_ref::<LinkError>() {
@@ -90,21 +76,7 @@ fn exit_code(err: &anyhow::Error) -> u8 {
         return if e.is_bad_input() { 2 } else { 1 };
     }
     if let Some(e) = err.downcast_ref::<TargetError>() {
-        use TargetError as T;
-        let bad = matches!(
-            e,
-            T::InvalidSelector { .. }
-                | T::NamespaceConflict { .. }
-                | T::InvalidEndpoint(_)
-                | T::PodNotFound { .. }
-                | T::UidNotFound(_)
-                | T::ContainerNotFound(_)
-                | T::AmbiguousContainer { .. }
-                | T::SandboxNotFound(_)
-                | T::NotReady { .. }
-                | T::HostNetwork { .. }
-        );
-        return if bad { 2 } else { 1 };
+        return if e.is_bad_target() { 2 } else { 1 };
     }
     1
 }

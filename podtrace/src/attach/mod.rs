@@ -104,8 +104,8 @@ pub enum DirectionFilter {
 
 #[derive(Debug, thiserror::Error)]
 pub enum AttachError {
-    #[error("cannot load podtrace's eBPF programs: {0}")]
-    Load(String),
+    #[error("cannot load podtrace's eBPF programs")]
+    Load(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("cannot attach to {iface} ({hook}): {reason}")]
     Attach {
         iface: String,
@@ -113,10 +113,16 @@ pub enum AttachError {
         reason: String,
     },
     /// The filter could not run translated (the interpreter can take over).
-    #[error("cannot load the translated filter: {0}")]
-    Translate(String),
+    #[error("cannot load the translated filter")]
+    Translate(#[source] native::NativeError),
     #[error("eBPF object is missing {0}")]
     Missing(&'static str),
+}
+
+impl AttachError {
+    fn load(e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self::Load(Box::new(e))
+    }
 }
 
 /// Kernel-side counters summed over CPUs.
@@ -189,8 +195,11 @@ impl Programs {
         }
         if opts.engine != FilterEngine::Interpreter {
             match Self::load_object(opts, true) {
-                Err(AttachError::Translate(e)) if opts.engine == FilterEngine::Auto => {
-                    crate::verbose(format_args!("{e}; interpreting the filter instead"))
+                Err(e @ AttachError::Translate(_)) if opts.engine == FilterEngine::Auto => {
+                    crate::verbose(format_args!(
+                        "{}; interpreting the filter instead",
+                        error_chain(&e)
+                    ))
                 }
                 other => return other,
             }
@@ -218,18 +227,18 @@ impl Programs {
             .map_max_entries("EVENTS", opts.ring_bytes)
             .map_max_entries("FILTER", filter_len.max(1))
             .load(EBPF_OBJECT)
-            .map_err(|e| AttachError::Load(error_chain(&e)))?;
+            .map_err(AttachError::load)?;
         // Filled before any program is attached: no packet sees a partial filter.
         if !interpreted.is_empty() {
             let map = ebpf
                 .map_mut("FILTER")
                 .ok_or(AttachError::Missing("FILTER"))?;
             let mut program: Array<_, FilterInsn> =
-                Array::try_from(map).map_err(|e| AttachError::Load(e.to_string()))?;
+                Array::try_from(map).map_err(AttachError::load)?;
             for (i, insn) in interpreted.iter().enumerate() {
                 program
                     .set(i as u32, insn, 0)
-                    .map_err(|e| AttachError::Load(error_chain(&e)))?;
+                    .map_err(AttachError::load)?;
             }
         }
         for name in [INGRESS_PROGRAM, EGRESS_PROGRAM] {
@@ -237,9 +246,8 @@ impl Programs {
                 .program_mut(name)
                 .ok_or(AttachError::Missing(name))?
                 .try_into()
-                .map_err(|e| AttachError::Load(error_chain(&e)))?;
-            prog.load()
-                .map_err(|e| AttachError::Load(error_chain(&e)))?;
+                .map_err(AttachError::load)?;
+            prog.load().map_err(AttachError::load)?;
             if let Some(n) = prog
                 .info()
                 .ok()
@@ -251,7 +259,7 @@ impl Programs {
         let filters = if translated {
             let filters =
                 native::load_filter_programs(&mut ebpf, opts.filter, opts.slow_loads_only)
-                    .map_err(|e| AttachError::Translate(error_chain(&e)))?;
+                    .map_err(AttachError::Translate)?;
             Some(filters)
         } else {
             None
@@ -259,8 +267,7 @@ impl Programs {
         let counters = ebpf
             .take_map("COUNTERS")
             .ok_or(AttachError::Missing("COUNTERS"))?;
-        let counters =
-            PerCpuArray::try_from(counters).map_err(|e| AttachError::Load(e.to_string()))?;
+        let counters = PerCpuArray::try_from(counters).map_err(AttachError::load)?;
         let engine_used = match (&filters, opts.filter.is_empty()) {
             (_, true) => None,
             (Some(_), _) => Some(FilterEngine::Native),
@@ -284,7 +291,7 @@ impl Programs {
             .ebpf
             .take_map("EVENTS")
             .ok_or(AttachError::Missing("EVENTS"))?;
-        RingBuf::try_from(map).map_err(|e| AttachError::Load(e.to_string()))
+        RingBuf::try_from(map).map_err(AttachError::load)
     }
 
     /// Attaches the selected hooks of `link`; on failure nothing of it
@@ -463,7 +470,7 @@ impl Programs {
             .program_mut(name)
             .ok_or(AttachError::Missing(name))?
             .try_into()
-            .map_err(|e| AttachError::Load(error_chain(&e)))
+            .map_err(AttachError::load)
     }
 
     /// The kernel name of the program attached at `hook`.

@@ -127,6 +127,30 @@ pub enum TargetError {
 }
 
 impl TargetError {
+    /// Whether the user named something that cannot be (exit 2) rather than
+    /// the runtime or the system failing (exit 1).
+    pub fn is_bad_target(&self) -> bool {
+        use TargetError as T;
+        match self {
+            T::InvalidSelector { .. }
+            | T::NamespaceConflict { .. }
+            | T::InvalidEndpoint(_)
+            | T::PodNotFound { .. }
+            | T::UidNotFound(_)
+            | T::ContainerNotFound(_)
+            | T::AmbiguousContainer { .. }
+            | T::SandboxNotFound(_)
+            | T::NotReady { .. }
+            | T::HostNetwork { .. } => true,
+            T::NoRuntime { .. }
+            | T::SocketMissing(_)
+            | T::PermissionDenied(_)
+            | T::Connect { .. }
+            | T::NotCri { .. }
+            | T::Rpc { .. } => false,
+        }
+    }
+
     pub(crate) fn rpc(call: &'static str, status: &tonic::Status) -> Self {
         TargetError::Rpc {
             call,

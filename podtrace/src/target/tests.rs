@@ -276,6 +276,21 @@ fn not_found_suggests_the_namespace() {
 }
 
 #[test]
+fn a_name_found_elsewhere_is_the_only_suggestion() {
+    // Close names elsewhere (prod/web3) once made this line suggest both
+    // "-n prod" and another pod.
+    let mut cri = node(vec![
+        Fake::new("a", "prod", "web2"),
+        Fake::new("b", "prod", "web3"),
+        Fake::new("c", "default", "web1"),
+    ]);
+    assert_eq!(
+        resolve_err(&mut cri, &name("nosuchns", "web2")),
+        "pod nosuchns/web2 not found on this node; a pod named web2 exists in namespace prod: use -n prod"
+    );
+}
+
+#[test]
 fn not_found_suggests_close_names() {
     let mut cri = node(vec![
         Fake::new("a", "default", "web-7d9f-x2x4k"),
