@@ -2,21 +2,24 @@
 //! entering or changing the pod.
 //!
 //! The pipeline, one module per step:
-//! `target` (pod → sandbox pid, over CRI) → [`link`] (pid or netns → host
-//! veth) → [`attach`] (TC programs, TCX or clsact, with the [`filter`]
-//! libpcap compiled) → [`ring`] (drain and decode records) → [`sink`]
-//! (pcap, text), driven by [`capture`].
+//! [`target`] (which pods: names, labels, over CRI) → [`link`] (pid or
+//! netns → host veth; link events) → [`watch`] (targets joining and leaving)
+//! → [`session`] (one ring, one sink, targets added and removed while it
+//! runs) → [`attach`] (TC programs, TCX or clsact, with the [`filter`]
+//! libpcap compiled; per-link counters) → [`ring`] (drain and decode
+//! records) → [`sink`] (pcap, pcapng, text, rotation).
 
 pub mod attach;
-pub mod capture;
 pub mod filter;
 pub mod link;
 pub mod preflight;
 mod progress;
 pub mod ring;
 mod rtnl;
+pub mod session;
 pub mod sink;
 pub mod target;
+pub mod watch;
 
 use std::sync::atomic::{AtomicU8, Ordering};
 

@@ -6,11 +6,12 @@ use std::process::ExitCode;
 
 use cli::Command;
 use podtrace::{
-    capture::{self, StopReason},
     filter::FilterError,
     link::LinkError,
     preflight,
-    target::TargetError,
+    session::{self, StopReason},
+    target::{SelectorError, TargetError},
+    watch::WatchError,
 };
 
 fn main() -> ExitCode {
@@ -37,10 +38,18 @@ fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
         Command::Capture(args) => {
             preflight::check()?;
             let plan = runtime.block_on(args.plan(cli.verbose > 0))?;
-            let start_line = |mode| cli::describe_start(&plan, mode);
-            let summary = runtime.block_on(capture::run(plan.clone(), |programs| {
-                eprintln!("podtrace: {}", start_line(programs.mode_used));
-            }))?;
+            let start_line = cli::StartLine::new(&plan);
+            let cli::Plan { capture, start, .. } = plan;
+            let summary = runtime.block_on(async {
+                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                let watcher = tokio::spawn(start.watcher.run(tx));
+                let summary = session::run(capture, start.initial, rx, |session| {
+                    eprintln!("podtrace: {}", start_line.render(session.mode_used));
+                })
+                .await;
+                watcher.abort();
+                summary
+            })?;
             if let StopReason::TargetGone(what) = &summary.reason {
                 eprintln!("podtrace: {what}");
             }
@@ -69,8 +78,15 @@ fn exit_code(err: &anyhow::Error) -> u8 {
     if let Some(e) = err.downcast_ref::<LinkError>() {
         return if e.is_bad_target() { 2 } else { 1 };
     }
-    if err.downcast_ref::<cli::TargetMissing>().is_some() {
+    if err.downcast_ref::<cli::TargetMissing>().is_some()
+        || err.downcast_ref::<cli::UsageError>().is_some()
+        || err.downcast_ref::<cli::PcapCannotName>().is_some()
+        || err.downcast_ref::<SelectorError>().is_some()
+    {
         return 2;
+    }
+    if let Some(e) = err.downcast_ref::<WatchError>() {
+        return if e.is_bad_target() { 2 } else { 1 };
     }
     if let Some(e) = err.downcast_ref::<FilterError>() {
         return if e.is_bad_input() { 2 } else { 1 };

@@ -70,15 +70,17 @@ pub fn engines_match_libpcap() -> Result<()> {
                 engine,
                 slow_loads_only,
                 immediate: false,
+                links: 1,
             })
             .with_context(|| format!("{expr:?} ({label})"))?;
             ensure!(programs.engine_used == Some(engine), "{expr:?} ({label})");
             for ((name, frame), want) in frames.iter().zip(&want) {
-                let before = programs.counters();
+                // A test run's packet is on no attached link: unattributed.
+                let before = programs.unattributed_counters();
                 let (verdict, _) =
                     attach::test_run(programs.entry(TcAttachType::Egress)?, frame, 1)
                         .with_context(|| format!("test run of {expr:?} ({label}) on {name}"))?;
-                let after = programs.counters();
+                let after = programs.unattributed_counters();
                 ensure!(
                     verdict == TCX_NEXT,
                     "{expr:?} ({label}) on {name}: verdict {verdict}"

@@ -7,29 +7,31 @@
 //! already there; filters a killed podtrace left behind are removed first.
 
 mod clsact;
+mod links;
 mod native;
+mod slots;
 
-use std::{collections::HashMap, os::fd::AsFd};
+use std::collections::HashMap;
 
 use aya::{
-    maps::{Array, MapData, PerCpuArray, RingBuf},
-    programs::{
-        links::LinkOrder,
-        tc::{self, SchedClassifierLinkId, TcAttachOptions},
-        SchedClassifier, TcAttachType,
-    },
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    programs::{SchedClassifier, TcAttachType},
     Ebpf, EbpfLoader,
 };
-use podtrace_common::{FilterInsn, COUNTER_FILTERED, COUNTER_LOST, COUNTER_PASSED};
+use podtrace_common::FilterInsn;
+
+use self::slots::Slots;
 
 pub use self::native::test_run;
-use crate::{error_chain, link::HostLink};
+use crate::error_chain;
 
 /// The compiled eBPF object, built by `cargo xtask build-ebpf`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("PODTRACE_EBPF_OBJECT"));
 
 const INGRESS_PROGRAM: &str = "podtrace_ingress";
 const EGRESS_PROGRAM: &str = "podtrace_egress";
+/// Counts what a translated filter rejects (tail-called by it).
+const REJECTED_PROGRAM: &str = "podtrace_rejected";
 
 /// How programs are attached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -117,6 +119,8 @@ pub enum AttachError {
     Translate(#[source] native::NativeError),
     #[error("eBPF object is missing {0}")]
     Missing(&'static str),
+    #[error("cannot capture more than {max} links at once")]
+    TooManyLinks { max: usize },
 }
 
 impl AttachError {
@@ -131,6 +135,14 @@ pub struct KernelCounters {
     pub seen: u64,
     pub lost: u64,
     pub filtered: u64,
+}
+
+impl std::ops::AddAssign for KernelCounters {
+    fn add_assign(&mut self, other: Self) {
+        self.seen += other.seen;
+        self.lost += other.lost;
+        self.filtered += other.filtered;
+    }
 }
 
 /// Settings baked into the programs at load time.
@@ -148,39 +160,18 @@ pub struct LoadOptions<'a> {
     /// Wake userspace for every record, not only once the ring is a
     /// quarter full.
     pub immediate: bool,
-}
-
-/// One program attached at one hook of a link.
-enum Hooked {
-    Tcx {
-        hook: TcAttachType,
-        id: SchedClassifierLinkId,
-    },
-    Clsact {
-        hook: clsact::Hook,
-        priority: u16,
-        handle: u32,
-        name: String,
-    },
-}
-
-/// A link and what is attached to it.
-struct Attached {
-    link: HostLink,
-    hooks: Vec<Hooked>,
+    /// Most links attached at once, each with counters of its own.
+    pub links: u32,
 }
 
 /// The loaded programs and where they are attached. Dropping it detaches all.
 pub struct Programs {
     ebpf: Ebpf,
     /// By ifindex.
-    attached: HashMap<u32, Attached>,
-    /// Every link attached so far, kept after detaching: records still in
-    /// the ring name them.
-    known: HashMap<u32, HostLink>,
+    attached: HashMap<u32, links::Attached>,
     /// Written into the names of clsact filters (see [`clsact`]).
     owner: Option<clsact::Owner>,
-    counters: PerCpuArray<MapData, u64>,
+    slots: Slots,
     filters: Option<native::FilterPrograms>,
     /// Whether the filter runs translated or interpreted (None: no filter).
     pub engine_used: Option<FilterEngine>,
@@ -226,6 +217,8 @@ impl Programs {
             .override_global("FILTER_LEN", &filter_len, true)
             .map_max_entries("EVENTS", opts.ring_bytes)
             .map_max_entries("FILTER", filter_len.max(1))
+            .map_max_entries("COUNTERS", Slots::counter_entries(opts.links))
+            .map_max_entries("LINK_SLOTS_MORE", opts.links.max(1))
             .load(EBPF_OBJECT)
             .map_err(AttachError::load)?;
         // Filled before any program is attached: no packet sees a partial filter.
@@ -236,12 +229,15 @@ impl Programs {
             let mut program: Array<_, FilterInsn> =
                 Array::try_from(map).map_err(AttachError::load)?;
             for (i, insn) in interpreted.iter().enumerate() {
-                program
-                    .set(i as u32, insn, 0)
-                    .map_err(AttachError::load)?;
+                program.set(i as u32, insn, 0).map_err(AttachError::load)?;
             }
         }
-        for name in [INGRESS_PROGRAM, EGRESS_PROGRAM] {
+        let programs: &[&'static str] = if translated {
+            &[INGRESS_PROGRAM, EGRESS_PROGRAM, REJECTED_PROGRAM]
+        } else {
+            &[INGRESS_PROGRAM, EGRESS_PROGRAM]
+        };
+        for &name in programs {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)
                 .ok_or(AttachError::Missing(name))?
@@ -264,10 +260,13 @@ impl Programs {
         } else {
             None
         };
-        let counters = ebpf
-            .take_map("COUNTERS")
-            .ok_or(AttachError::Missing("COUNTERS"))?;
-        let counters = PerCpuArray::try_from(counters).map_err(AttachError::load)?;
+        let mut take = |name| ebpf.take_map(name).ok_or(AttachError::Missing(name));
+        let slots = Slots::new(
+            Array::try_from(take("LINK_SLOTS")?).map_err(AttachError::load)?,
+            BpfHashMap::try_from(take("LINK_SLOTS_MORE")?).map_err(AttachError::load)?,
+            PerCpuArray::try_from(take("COUNTERS")?).map_err(AttachError::load)?,
+            opts.links,
+        )?;
         let engine_used = match (&filters, opts.filter.is_empty()) {
             (_, true) => None,
             (Some(_), _) => Some(FilterEngine::Native),
@@ -276,9 +275,8 @@ impl Programs {
         Ok(Self {
             ebpf,
             attached: HashMap::new(),
-            known: HashMap::new(),
             owner: None,
-            counters,
+            slots,
             filters,
             engine_used,
             mode_used: None,
@@ -292,162 +290,6 @@ impl Programs {
             .take_map("EVENTS")
             .ok_or(AttachError::Missing("EVENTS"))?;
         RingBuf::try_from(map).map_err(AttachError::load)
-    }
-
-    /// Attaches the selected hooks of `link`; on failure nothing of it
-    /// stays attached. Stale filters a killed podtrace left on the link are
-    /// removed first, whatever the mode.
-    pub fn attach(
-        &mut self,
-        link: &HostLink,
-        hooks: Hooks,
-        mode: TcMode,
-    ) -> Result<TcMode, AttachError> {
-        self.detach(link.ifindex);
-        let wanted = [
-            (hooks.ingress, TcAttachType::Ingress),
-            (hooks.egress, TcAttachType::Egress),
-        ];
-        let mut attached = Attached {
-            link: link.clone(),
-            hooks: Vec::new(),
-        };
-        let mut used = mode;
-        for (on, hook) in wanted {
-            remove_stale(link, hook);
-            if !on {
-                continue;
-            }
-            match self.attach_one(link, hook, mode) {
-                Ok((hooked, mode)) => {
-                    attached.hooks.push(hooked);
-                    used = mode;
-                }
-                Err(e) => {
-                    self.release(attached);
-                    return Err(e);
-                }
-            }
-        }
-        self.attached.insert(link.ifindex, attached);
-        self.known.insert(link.ifindex, link.clone());
-        self.mode_used = Some(used);
-        Ok(used)
-    }
-
-    fn attach_one(
-        &mut self,
-        link: &HostLink,
-        hook: TcAttachType,
-        mode: TcMode,
-    ) -> Result<(Hooked, TcMode), AttachError> {
-        let fail = |reason: String| AttachError::Attach {
-            iface: link.name.clone(),
-            hook: hook_name(hook),
-            reason,
-        };
-        if mode == TcMode::Clsact {
-            return Ok((
-                self.attach_clsact(link, hook).map_err(fail)?,
-                TcMode::Clsact,
-            ));
-        }
-        let prog = self.entry(hook)?;
-        // First in the chain: see packets before other programs (a CNI's
-        // redirect, say) can end it; our verdict lets everything through.
-        let tcx = prog.attach_with_options(
-            &link.name,
-            hook,
-            TcAttachOptions::TcxOrder(LinkOrder::first()),
-        );
-        match (tcx, mode) {
-            (Ok(id), _) => Ok((Hooked::Tcx { hook, id }, TcMode::Tcx)),
-            (Err(e), TcMode::Auto) => {
-                crate::verbose(format_args!("TCX attach failed ({e}), using clsact"));
-                Ok((
-                    self.attach_clsact(link, hook).map_err(fail)?,
-                    TcMode::Clsact,
-                ))
-            }
-            (Err(e), _) => Err(fail(error_chain(&e))),
-        }
-    }
-
-    /// A cls_bpf filter on the clsact qdisc, named after its owner.
-    fn attach_clsact(&mut self, link: &HostLink, hook: TcAttachType) -> Result<Hooked, String> {
-        // An existing clsact qdisc (ours from before, or a CNI's) is fine.
-        if let Err(e) = tc::qdisc_add_clsact(&link.name) {
-            if !is_already_exists(&e) {
-                return Err(format!("cannot add clsact qdisc: {}", error_chain(&e)));
-            }
-        }
-        let owner = match self.owner {
-            Some(owner) => owner,
-            None => *self.owner.insert(
-                clsact::Owner::me().map_err(|e| format!("cannot name the filter's owner: {e}"))?,
-            ),
-        };
-        let name = owner.filter_name(self.entry_name(hook));
-        let prog = self.entry(hook).map_err(|e| e.to_string())?;
-        let fd = prog.fd().map_err(|e| error_chain(&e))?;
-        let tc_hook = clsact_hook(hook);
-        let (priority, handle) = clsact::add(link.ifindex, tc_hook, &fd.as_fd(), &name)
-            .map_err(|e| format!("cannot add a tc filter: {e}"))?;
-        Ok(Hooked::Clsact {
-            hook: tc_hook,
-            priority,
-            handle,
-            name,
-        })
-    }
-
-    /// Detaches everything attached to the link with this ifindex.
-    pub fn detach(&mut self, ifindex: u32) {
-        if let Some(attached) = self.attached.remove(&ifindex) {
-            self.release(attached);
-        }
-    }
-
-    fn release(&mut self, attached: Attached) {
-        let iface = &attached.link.name;
-        for hooked in attached.hooks {
-            // The interface may be gone already (pod deleted): nothing to undo.
-            let result = match hooked {
-                Hooked::Tcx { hook, id } => self
-                    .entry(hook)
-                    .map_err(|e| e.to_string())
-                    .and_then(|prog| prog.detach(id).map_err(|e| error_chain(&e))),
-                Hooked::Clsact {
-                    hook,
-                    priority,
-                    handle,
-                    name,
-                } => clsact::remove(attached.link.ifindex, hook, priority, handle, &name)
-                    .map(drop)
-                    .map_err(|e| e.to_string()),
-            };
-            if let Err(e) = result {
-                crate::verbose(format_args!("detach from {iface}: {e}"));
-            }
-        }
-    }
-
-    /// Detaches every program; safe to call more than once.
-    pub fn detach_all(&mut self) {
-        let ifindexes: Vec<u32> = self.attached.keys().copied().collect();
-        for ifindex in ifindexes {
-            self.detach(ifindex);
-        }
-    }
-
-    /// The links programs are attached to now.
-    pub fn links(&self) -> impl Iterator<Item = &HostLink> {
-        self.attached.values().map(|a| &a.link)
-    }
-
-    /// The link with this ifindex, attached now or before.
-    pub fn link(&self, ifindex: u32) -> Option<&HostLink> {
-        self.known.get(&ifindex)
     }
 
     /// The program attached at `hook`: the translated filter in front, or
@@ -483,63 +325,15 @@ impl Programs {
         }
     }
 
-    pub fn counters(&self) -> KernelCounters {
-        let sum = |index: u32| -> u64 {
-            self.counters
-                .get(&index, 0)
-                .map(|values| values.iter().sum())
-                .unwrap_or(0)
-        };
-        KernelCounters {
-            seen: sum(COUNTER_PASSED) + sum(COUNTER_FILTERED),
-            lost: sum(COUNTER_LOST),
-            filtered: sum(COUNTER_FILTERED),
-        }
+    /// Packets counted without a known link (never expected).
+    pub fn unattributed_counters(&self) -> KernelCounters {
+        self.slots.unattributed()
     }
 }
 
 impl Drop for Programs {
     fn drop(&mut self) {
         self.detach_all();
-    }
-}
-
-/// Removes the filters a killed podtrace left at `hook` of `link` (only
-/// those whose owner is provably dead; see [`clsact`]).
-fn remove_stale(link: &HostLink, hook: TcAttachType) {
-    // No clsact qdisc, no filters: the dump fails, and nothing is stale.
-    if let Ok(removed) = clsact::remove_stale(link.ifindex, clsact_hook(hook)) {
-        for name in removed {
-            crate::verbose(format_args!(
-                "removed the stale filter {name} from {}",
-                link.name
-            ));
-        }
-    }
-}
-
-fn clsact_hook(hook: TcAttachType) -> clsact::Hook {
-    match hook {
-        TcAttachType::Ingress => clsact::Hook::Ingress,
-        _ => clsact::Hook::Egress,
-    }
-}
-
-fn is_already_exists(e: &tc::TcError) -> bool {
-    match e {
-        tc::TcError::AlreadyAttached => true,
-        other => {
-            let text = error_chain(other);
-            text.contains("File exists") || text.contains("Exclusivity")
-        }
-    }
-}
-
-fn hook_name(hook: TcAttachType) -> &'static str {
-    match hook {
-        TcAttachType::Ingress => "ingress",
-        TcAttachType::Egress => "egress",
-        TcAttachType::Custom(_) => "custom",
     }
 }
 

@@ -13,6 +13,7 @@
 //! With a pid both are used and must agree; with only a namespace path the
 //! netlink way is all there is.
 
+mod events;
 mod netlink;
 
 use std::{
@@ -21,7 +22,8 @@ use std::{
     path::{Path, PathBuf},
 };
 
-pub use netlink::LinkInfo;
+pub use events::{LinkEvent, LinkMonitor};
+pub use netlink::{dump_links, LinkInfo};
 
 /// The interface inside the target namespace whose peer we look for.
 pub const POD_IFACE: &str = "eth0";

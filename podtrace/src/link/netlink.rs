@@ -41,7 +41,7 @@ pub fn dump_links() -> io::Result<Vec<LinkInfo>> {
         .collect())
 }
 
-fn link_info(msg: LinkMessage) -> LinkInfo {
+pub(super) fn link_info(msg: LinkMessage) -> LinkInfo {
     let mut info = LinkInfo {
         index: msg.header.index,
         name: String::new(),

@@ -2,11 +2,11 @@
 //!
 //! `12:00:01.123456 veth1a2b In  IP 10.245.0.1.41000 > 10.245.0.5.8080: Flags [S], seq 1, win 64240, length 0`
 
-use std::{fmt::Write as _, io::Write};
+use std::{collections::HashMap, fmt::Write as _, io::Write};
 
 use etherparse::{LaxNetSlice, LaxSlicedPacket, TransportSlice};
 
-use super::{Packet, Sink, SinkError};
+use super::{Interface, InterfaceId, Packet, Sink, SinkError};
 use crate::ring::Direction;
 
 /// How much each line says (tcpdump's -q and -v).
@@ -24,22 +24,38 @@ pub struct TextSink {
     out: Box<dyn Write + Send>,
     line: String,
     style: TextStyle,
+    /// Interface (pod) names, printed when several can appear.
+    names: Option<HashMap<InterfaceId, String>>,
 }
 
 impl TextSink {
-    pub fn new(out: Box<dyn Write + Send>, style: TextStyle) -> Self {
+    /// `named`: print each packet's interface (pod) after the time, as
+    /// `tcpdump -i any` prints the interface.
+    pub fn new(out: Box<dyn Write + Send>, style: TextStyle, named: bool) -> Self {
         Self {
             out,
             line: String::with_capacity(160),
             style,
+            names: named.then(HashMap::new),
         }
     }
 }
 
 impl Sink for TextSink {
+    fn add_interface(&mut self, id: InterfaceId, iface: &Interface) -> Result<(), SinkError> {
+        if let Some(names) = &mut self.names {
+            names.insert(id, iface.name.clone());
+        }
+        Ok(())
+    }
+
     fn write(&mut self, packet: &Packet<'_>) -> Result<(), SinkError> {
         self.line.clear();
-        format_line(&mut self.line, packet, self.style);
+        let name = self
+            .names
+            .as_ref()
+            .map(|names| names.get(&packet.interface).map_or("?", String::as_str));
+        format_line_on(&mut self.line, packet, name, self.style);
         self.line.push('\n');
         self.out
             .write_all(self.line.as_bytes())
@@ -59,14 +75,32 @@ impl Sink for TextSink {
 
 /// Appends the text form of `packet` (without newline) to `out`.
 pub fn format_line(out: &mut String, packet: &Packet<'_>, style: TextStyle) {
+    format_line_on(out, packet, None, style);
+}
+
+/// [`format_line`] with the packet's interface (pod) name after the time.
+pub fn format_line_on(
+    out: &mut String,
+    packet: &Packet<'_>,
+    interface: Option<&str>,
+    style: TextStyle,
+) {
     let secs_of_day = local_seconds_of_day(packet.ts.as_secs());
     let _ = write!(
         out,
-        "{:02}:{:02}:{:02}.{:06} {} ",
+        "{:02}:{:02}:{:02}.{:06} ",
         secs_of_day / 3600,
         secs_of_day / 60 % 60,
         secs_of_day % 60,
         packet.ts.subsec_micros(),
+    );
+    if let Some(name) = interface {
+        out.push_str(name);
+        out.push(' ');
+    }
+    let _ = write!(
+        out,
+        "{} ",
         match packet.direction {
             Direction::In => "In ",
             Direction::Out => "Out",
@@ -352,7 +386,7 @@ mod tests {
             let data = &frame[..caplen.unwrap_or(frame.len()).min(frame.len())];
             let packet = Packet {
                 ts: Duration::new(3600 * 13 + 61 + i as u64, 5_000_000),
-                ifindex: 1,
+                interface: 1,
                 direction: *direction,
                 orig_len: frame.len() as u32,
                 data,
