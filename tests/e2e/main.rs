@@ -15,6 +15,7 @@ mod filter_engines;
 mod hardening;
 mod output;
 mod pods;
+mod workload;
 
 use std::process::ExitCode;
 
@@ -158,6 +159,38 @@ const TESTS: &[(&str, TestFn)] = &[
     (
         "hardening::oversized_numbers_are_refused",
         hardening::oversized_numbers_are_refused,
+    ),
+    (
+        "workload::selector_across_namespaces",
+        workload::selector_across_namespaces,
+    ),
+    (
+        "workload::several_names_across_namespaces",
+        workload::several_names_across_namespaces,
+    ),
+    (
+        "workload::first_packets_of_a_new_pod",
+        workload::first_packets_of_a_new_pod,
+    ),
+    (
+        "workload::pod_deleted_leaves_with_its_statistics",
+        workload::pod_deleted_leaves_with_its_statistics,
+    ),
+    (
+        "workload::recreated_sandbox_is_followed",
+        workload::recreated_sandbox_is_followed,
+    ),
+    ("workload::wait_and_follow", workload::wait_and_follow),
+    (
+        "workload::rotation_restates_interfaces",
+        workload::rotation_restates_interfaces,
+    ),
+    ("workload::text_names_the_pod", workload::text_names_the_pod),
+    ("workload::fifty_pods", workload::fifty_pods),
+    ("workload::invalid_selections", workload::invalid_selections),
+    (
+        "workload::overlapping_captures_are_both_exact",
+        workload::overlapping_captures_are_both_exact,
     ),
     (
         "capture_ring::small_ring_wraps_records_intact",

@@ -23,7 +23,7 @@ use crate::{
 static NODE: Mutex<Option<Arc<Node>>> = Mutex::new(None);
 
 /// The node shared by the pod tests, started by the first one.
-fn node() -> Result<Arc<Node>> {
+pub(crate) fn node() -> Result<Arc<Node>> {
     let mut slot = NODE.lock().unwrap_or_else(|e| e.into_inner());
     if slot.is_none() {
         *slot = Some(Arc::new(Node::start().context("starting the test node")?));

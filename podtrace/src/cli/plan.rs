@@ -73,6 +73,7 @@ impl CaptureArgs {
                 (start, selection, max)
             }
             Wanted::Many(query) => {
+                let listing = std::time::Instant::now();
                 let client = self.connect().await?;
                 let selection = query.to_string();
                 let patience = Patience {
@@ -81,6 +82,11 @@ impl CaptureArgs {
                 };
                 let start =
                     watch::start_pods(RuntimePods::new(client), query, false, patience).await?;
+                podtrace::verbose(format_args!(
+                    "{} pod(s) found and resolved in {:.1} ms",
+                    start.initial.len(),
+                    listing.elapsed().as_secs_f64() * 1e3
+                ));
                 (start, selection, MAX_LINKS)
             }
         };

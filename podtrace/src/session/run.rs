@@ -121,6 +121,7 @@ pub async fn run(
 ) -> Result<Summary, CaptureError> {
     // Open the output before touching the kernel: a bad path attaches nothing.
     let sink = sink::open(&plan.sink)?;
+    let loading = std::time::Instant::now();
     let mut programs = Programs::load(LoadOptions {
         snaplen: plan.sink.snaplen,
         ring_bytes: plan.ring_bytes,
@@ -130,6 +131,10 @@ pub async fn run(
         immediate: plan.immediate,
         links: plan.max_links,
     })?;
+    crate::verbose(format_args!(
+        "programs loaded in {:.1} ms",
+        loading.elapsed().as_secs_f64() * 1e3
+    ));
     if let Some(engine) = programs.engine_used {
         crate::verbose(format_args!("filter engine: {engine:?}"));
     }
@@ -143,9 +148,15 @@ pub async fn run(
             limit: plan.count.unwrap_or(u64::MAX),
         },
     );
+    let attaching = std::time::Instant::now();
+    let targets = initial.len();
     for change in initial {
         session.apply(change)?;
     }
+    crate::verbose(format_args!(
+        "attached to {targets} target(s) in {:.1} ms",
+        attaching.elapsed().as_secs_f64() * 1e3
+    ));
     // Readers of a pipe see the interfaces at once.
     session.settle(true)?;
     let clock = Clock::measure();

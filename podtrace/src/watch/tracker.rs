@@ -201,7 +201,12 @@ impl Tracker {
         let query = query.clone();
         let mut changes = Vec::new();
         let mut ready = HashSet::new();
-        for pod in pods.iter().filter(|p| p.sandbox.ready) {
+        // In name order: interfaces are numbered as the pods are listed.
+        let mut pods: Vec<&PodView> = pods.iter().filter(|p| p.sandbox.ready).collect();
+        pods.sort_by(|a, b| {
+            (&a.sandbox.namespace, &a.sandbox.name).cmp(&(&b.sandbox.namespace, &b.sandbox.name))
+        });
+        for pod in pods {
             let wanted = query.matches(&pod.sandbox)
                 && (self.members.contains_key(&pod.sandbox.uid) || self.open());
             match (&pod.link, wanted) {

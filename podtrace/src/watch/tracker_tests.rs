@@ -107,7 +107,7 @@ fn a_new_veth_is_held_until_the_runtime_says_whose_it_is() {
         pod("prod", "web-1", "u1", "web", 20),
         pod("prod", "db-0", "u2", "db", 21),
     ];
-    assert_eq!(short(&t.on_pods(&pods, now)), ["+u1@20", "-21"]);
+    assert_eq!(short(&t.on_pods(&pods, now)), ["-21", "+u1@20"]);
     assert_eq!(t.next_poll(now), Some(now + POLL));
     // The db pod's veth is not held again when it changes.
     assert!(t.on_links(vec![veth(21)], now).is_empty());
