@@ -3,6 +3,8 @@
 
 use std::{collections::HashMap, future::Future};
 
+use futures_util::future::join_all;
+
 use crate::{
     link::{self, HostLink},
     session::Target,
@@ -55,7 +57,7 @@ pub struct RuntimePods<C> {
     known: HashMap<String, PodView>,
 }
 
-impl<C: CriApi + Send> RuntimePods<C> {
+impl<C: CriApi + Clone + Send> RuntimePods<C> {
     pub fn new(client: C) -> Self {
         Self {
             client,
@@ -64,9 +66,31 @@ impl<C: CriApi + Send> RuntimePods<C> {
     }
 }
 
-impl<C: CriApi + Send> PodSource for RuntimePods<C> {
+impl<C: CriApi + Clone + Send> PodSource for RuntimePods<C> {
     async fn pods(&mut self) -> Result<Vec<PodView>, TargetError> {
         let listed = target::listed(&mut self.client).await?;
+        // The statuses of sandboxes seen ready for the first time, asked
+        // all at once (the runtime answers them in parallel), then their
+        // links against one dump of the host's links.
+        let new: Vec<&Sandbox> = listed
+            .iter()
+            .filter(|s| s.ready && !self.known.contains_key(&s.id))
+            .collect();
+        let statuses = join_all(new.iter().map(|s| {
+            let mut client = self.client.clone();
+            async move { target::sandbox_status(&mut client, &s.id).await }
+        }))
+        .await;
+        let mut fresh = HashMap::new();
+        if !new.is_empty() {
+            let links = link::HostLinks::dump().map_err(|e| e.to_string());
+            for status in statuses {
+                // None: removed between the list and the status call.
+                if let Some(full) = status? {
+                    fresh.insert(full.id.clone(), resolve(full, &links));
+                }
+            }
+        }
         let mut views = Vec::with_capacity(listed.len());
         let mut known = HashMap::new();
         for sandbox in listed {
@@ -77,13 +101,12 @@ impl<C: CriApi + Send> PodSource for RuntimePods<C> {
                 });
                 continue;
             }
-            let view = match self.known.remove(&sandbox.id) {
-                Some(view) => view,
-                None => match target::sandbox_status(&mut self.client, &sandbox.id).await? {
-                    // Removed between the list and the status call.
-                    None => continue,
-                    Some(full) => resolve(full),
-                },
+            let Some(view) = self
+                .known
+                .remove(&sandbox.id)
+                .or_else(|| fresh.remove(&sandbox.id))
+            else {
+                continue;
             };
             // Only a view that found its link is kept: the others are
             // looked at again next time.
@@ -98,11 +121,14 @@ impl<C: CriApi + Send> PodSource for RuntimePods<C> {
 }
 
 /// A ready sandbox's host link, through its pause process.
-fn resolve(sandbox: Sandbox) -> PodView {
+fn resolve(sandbox: Sandbox, links: &Result<link::HostLinks, String>) -> PodView {
     let link = if sandbox.host_network {
         Err("it uses the host network".into())
     } else if let Some(pid) = sandbox.pid {
-        link::by_pid(pid).map_err(|e| e.to_string())
+        match links {
+            Ok(links) => links.by_pid(pid).map_err(|e| e.to_string()),
+            Err(e) => Err(e.clone()),
+        }
     } else {
         Err("the runtime reports no sandbox pid".into())
     };
