@@ -15,8 +15,9 @@ use pcap_file::pcapng::{
     blocks::interface_statistics::InterfaceStatisticsOption, Block, PcapNgReader,
 };
 use podtrace_tests::{
-    netns::TestNet,
+    netns::{link_packets, TestNet},
     node::PodSpec,
+    pcap,
     run::{self, Capture},
     sh, tshark,
 };
@@ -46,11 +47,20 @@ pub fn pcapng_names_the_pod_and_marks_directions() -> Result<()> {
         "-w",
         file.to_str().unwrap(),
     ])?;
+    let counted = link_packets(&web.veth())?;
     http_get(web.ip())?;
     http_get(web.ip())?;
+    // The connections' last ACKs may trail the answers by a moment.
+    std::thread::sleep(Duration::from_millis(200));
+    let counted = link_packets(&web.veth())? - counted;
     let done = capture.stop(libc::SIGINT)?;
     ensure!(done.status.success(), "{}", done.stderr);
     let (captured, lost) = done.summary()?;
+    // An independent count: the veth's own.
+    ensure!(
+        captured == counted,
+        "captured {captured}, the pod's veth counted {counted}"
+    );
 
     let rows = tshark::fields(
         &file,
@@ -358,26 +368,56 @@ fn files_in(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-fn udp_total(files: &[PathBuf]) -> Result<usize> {
-    files
-        .iter()
-        .map(|f| tshark::count(f, "udp.dstport==9999 && !icmp"))
-        .sum()
-}
-
-/// Captures `SENT` UDP datagrams into `dir/NAME` with the rotation options
-/// `rotate`; returns the files made, sorted.
+/// Captures `SENT` UDP datagrams of `DATAGRAM` bytes, each starting with
+/// its index, into `dir/NAME` with the rotation options `rotate`; returns
+/// the files made, sorted. Those datagrams are the only traffic: no ARP
+/// (neighbours pinned), no ICMP (a receiver is bound), no IPv6.
 fn rotated_capture(net: &TestNet, dir: &Path, name: &str, rotate: &[&str]) -> Result<Vec<PathBuf>> {
+    net.pin_neighbours()?;
+    let receiver = net.within(|| UdpSocket::bind((net.ns_ip, 9999)))??;
     let sub = dir.join(format!("{name}.d"));
     std::fs::create_dir(&sub)?;
     let base = sub.join(name);
     let mut args = vec!["capture", "-i", &net.host_if, "-w", base.to_str().unwrap()];
     args.extend_from_slice(rotate);
     let capture = Capture::start(&args)?;
-    send_udp(net, SENT, 1000)?;
+    let sock = UdpSocket::bind((net.host_ip, 0))?;
+    for i in 0..SENT as u32 {
+        let mut payload = vec![0x5a; DATAGRAM];
+        payload[..4].copy_from_slice(&i.to_be_bytes());
+        sock.send_to(&payload, (net.ns_ip, 9999))?;
+    }
     let done = capture.stop(libc::SIGINT)?;
+    drop(receiver);
     ensure!(done.status.success(), "{rotate:?}: {}", done.stderr);
+    ensure!(
+        done.summary()? == (SENT as u64, 0),
+        "{rotate:?}: {}",
+        done.stderr
+    );
     files_in(&sub)
+}
+
+/// The datagram indexes in `file`, checking each packet is a whole datagram
+/// of the test (tshark must also read the file).
+fn indexes(file: &Path) -> Result<Vec<u32>> {
+    let packets = pcap::read(file)?;
+    ensure!(
+        tshark::count(file, "udp.dstport==9999")? == packets.len(),
+        "tshark disagrees about {}",
+        file.display()
+    );
+    packets
+        .iter()
+        .map(|p| {
+            ensure!(
+                p.data.len() == RECORD - 16 && p.data[36..38] == 9999u16.to_be_bytes(),
+                "{}: a packet that is not a test datagram",
+                file.display()
+            );
+            Ok(u32::from_be_bytes(p.data[42..46].try_into()?))
+        })
+        .collect()
 }
 
 fn names(files: &[PathBuf]) -> Vec<String> {
@@ -388,40 +428,73 @@ fn names(files: &[PathBuf]) -> Vec<String> {
 }
 
 const SENT: usize = 3000;
+/// UDP payload bytes of each datagram.
+const DATAGRAM: usize = 1000;
+/// Bytes of a datagram's pcap record: its header, Ethernet, IPv4, UDP, data.
+const RECORD: usize = 16 + 14 + 20 + 8 + DATAGRAM;
+/// A pcap file header.
+const PCAP_HEADER: usize = 24;
+
+/// -C 1 (million bytes): like tcpdump, a file takes packets until it is
+/// over the limit, and the next packet opens the next file.
+fn per_file(limit: usize) -> usize {
+    (limit - PCAP_HEADER) / RECORD + 1
+}
 
 /// -C (size), -C -W (ring), -G (time, strftime names), -G -W (stop after N).
 pub fn rotation() -> Result<()> {
     let net = TestNet::new()?;
     let dir = tempdir()?;
 
+    // 946 datagrams fill a file past 1,000,000 bytes: 946, 946, 946, 162.
+    let per = per_file(1_000_000);
+    let sizes: Vec<usize> = (0..SENT)
+        .step_by(per)
+        .map(|first| (SENT - first).min(per))
+        .collect();
     let files = rotated_capture(&net, dir.path(), "r.pcap", &["-C", "1"])?;
-    let got = names(&files);
-    ensure!(
-        got.len() >= 3 && got[..3] == ["r.pcap", "r.pcap1", "r.pcap2"],
-        "files {got:?}"
-    );
-    for f in &files {
-        let size = std::fs::metadata(f)?.len();
+    let want_names: Vec<String> = (0..sizes.len())
+        .map(|i| match i {
+            0 => "r.pcap".to_owned(),
+            i => format!("r.pcap{i}"),
+        })
+        .collect();
+    ensure!(names(&files) == want_names, "files {:?}", names(&files));
+    let mut next = 0;
+    for (f, &n) in files.iter().zip(&sizes) {
+        let size = std::fs::metadata(f)?.len() as usize;
         ensure!(
-            size < 1_000_000 + 2000,
-            "{} is {size} bytes, over -C 1",
+            size == PCAP_HEADER + n * RECORD,
+            "{} is {size} bytes, want {n} datagrams",
             f.display()
         );
+        let got = indexes(f)?;
+        ensure!(
+            got == (next..next + n as u32).collect::<Vec<_>>(),
+            "{} holds datagrams {:?}..{:?}, want {next}..{}",
+            f.display(),
+            got.first(),
+            got.last(),
+            next + n as u32
+        );
+        next += n as u32;
     }
-    ensure!(
-        udp_total(&files)? == SENT,
-        "packets over all files != {SENT}"
-    );
 
+    // A ring of 2: r0, r1, r0, r1 over the four parts; the last two stay.
     let files = rotated_capture(&net, dir.path(), "r", &["-C", "1", "-W", "2"])?;
     ensure!(
         names(&files) == ["r0", "r1"],
         "ring of 2: {:?}",
         names(&files)
     );
-    for f in &files {
-        tshark::count(f, "")?;
-    }
+    let parts = sizes.len();
+    let first_kept = (parts - 2) * per;
+    let want_r0: Vec<u32> = (first_kept as u32..(first_kept + per) as u32).collect();
+    let want_r1: Vec<u32> = ((first_kept + per) as u32..SENT as u32).collect();
+    ensure!(
+        indexes(&files[0])? == want_r0 && indexes(&files[1])? == want_r1,
+        "ring of 2 kept the wrong datagrams"
+    );
 
     let by_time = dir.path().join("time");
     std::fs::create_dir(&by_time)?;
@@ -466,9 +539,14 @@ fn capture_is_running(capture: &Capture) -> bool {
     std::path::Path::new(&format!("/proc/{}", capture.pid())).exists()
 }
 
-/// A full disk: one clear line, exit 1, the file valid up to its last packet.
+/// A full disk: one clear line, exit 1, the file valid up to its last
+/// packet, and holding as many packets as fit.
 pub fn disk_full_keeps_file_valid() -> Result<()> {
+    /// The tmpfs's size: its pages hold the file's bytes.
+    const TMPFS: usize = 256 * 1024;
     let net = TestNet::new()?;
+    net.pin_neighbours()?;
+    let receiver = net.within(|| UdpSocket::bind((net.ns_ip, 9999)))??;
     let dir = tempdir()?;
     let mnt = dir.path().join("small");
     std::fs::create_dir(&mnt)?;
@@ -477,7 +555,7 @@ pub fn disk_full_keeps_file_valid() -> Result<()> {
         "-t",
         "tmpfs",
         "-o",
-        "size=256k",
+        &format!("size={TMPFS}"),
         "podtrace-test",
         mnt.to_str().unwrap(),
     ])?;
@@ -485,7 +563,7 @@ pub fn disk_full_keeps_file_valid() -> Result<()> {
         let file = mnt.join("full.pcap");
         let capture =
             Capture::start(&["capture", "-i", &net.host_if, "-w", file.to_str().unwrap()])?;
-        send_udp(&net, 1000, 1000)?;
+        send_udp(&net, 1000, DATAGRAM)?;
         let done = capture.wait(Duration::from_secs(10))?;
         expect_error(&done_without_start_line(done), 1, "No space left on device")?;
         let out = std::process::Command::new("tshark")
@@ -497,10 +575,18 @@ pub fn disk_full_keeps_file_valid() -> Result<()> {
             out.status.success() && !err.contains("cut short"),
             "tshark: {err}"
         );
+        // Whole records up to the last one that fits, then nothing.
+        let fit = (TMPFS - PCAP_HEADER) / RECORD;
         let packets = String::from_utf8_lossy(&out.stdout).lines().count();
-        ensure!(packets > 100, "only {packets} packets kept");
+        ensure!(packets == fit, "{packets} packets kept, {fit} fit");
+        let size = std::fs::metadata(&file)?.len() as usize;
+        ensure!(
+            size == PCAP_HEADER + fit * RECORD,
+            "the file is {size} bytes"
+        );
         Ok(())
     })();
+    drop(receiver);
     sh(&["umount", mnt.to_str().unwrap()])?;
     result
 }
