@@ -15,6 +15,7 @@ mod filter_engines;
 mod node;
 mod output;
 mod pods;
+mod text;
 
 use std::process::ExitCode;
 
@@ -98,6 +99,10 @@ const TESTS: &[(&str, TestFn)] = &[
     ("output::direction_filter", output::direction_filter),
     ("output::live_pipe", output::live_pipe),
     ("output::immediate_mode", output::immediate_mode),
+    (
+        "text::text_matches_tcpdump_on_real_traffic",
+        text::text_matches_tcpdump_on_real_traffic,
+    ),
     ("output::rotation", output::rotation),
     (
         "output::disk_full_keeps_file_valid",
