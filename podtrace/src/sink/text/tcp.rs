@@ -312,7 +312,7 @@ impl Line<'_> {
         base: u32,
         need: &dyn Fn(usize) -> Result<(), bool>,
     ) -> Result<usize, bool> {
-        if n % 8 != 0 {
+        if !n.is_multiple_of(8) {
             self.out.push_str(" invalid sack");
             return Ok(n);
         }
