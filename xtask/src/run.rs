@@ -74,11 +74,12 @@ pub fn test(unit_only: bool, filter: &[String]) -> Result<()> {
         ["test", "--workspace", "--exclude", "podtrace-tests"],
     ))?;
     // podtrace-tests' own unit tests (the benchmark's arithmetic and
-    // parsing), without its e2e target.
+    // parsing) and doc examples, without its e2e target.
     status(cmd(
         "cargo",
         ["test", "-p", "podtrace-tests", "--lib", "--bins"],
     ))?;
+    status(cmd("cargo", ["test", "-p", "podtrace-tests", "--doc"]))?;
     if unit_only {
         eprintln!("xtask: unit tests only; the end-to-end tests were not run");
         return Ok(());
