@@ -10,6 +10,7 @@ mod capture;
 mod capture_ring;
 mod coexist;
 mod errors;
+mod files;
 mod filter;
 mod filter_engines;
 mod node;
@@ -103,10 +104,10 @@ const TESTS: &[(&str, TestFn)] = &[
         "text::text_matches_tcpdump_on_real_traffic",
         text::text_matches_tcpdump_on_real_traffic,
     ),
-    ("output::rotation", output::rotation),
+    ("files::rotation", files::rotation),
     (
-        "output::disk_full_keeps_file_valid",
-        output::disk_full_keeps_file_valid,
+        "files::disk_full_keeps_file_valid",
+        files::disk_full_keeps_file_valid,
     ),
     ("errors::not_root", errors::not_root),
     ("errors::interface_not_found", errors::interface_not_found),
