@@ -21,7 +21,7 @@ pub use self::{
     pcap::PcapSink,
     pcapng::PcapNgSink,
     rotate::{file_name, RotatingSink, Rotation},
-    text::{format_line, format_line_on, TextSink, TextStyle},
+    text::{Formatter, TextSink, TextStyle},
 };
 use crate::ring::Direction;
 

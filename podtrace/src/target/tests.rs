@@ -384,8 +384,13 @@ fn list_filters_and_sorts() {
     assert_eq!(ids, ["h", "d2", "d1", "p"]);
     assert!(all[0].host_network && all[0].ip.is_none());
     assert!(!all[2].ready);
+    // Only the prod pod: by sandbox id and by name, not just by count.
     let prod = run(list(&mut cri, Some("prod"))).unwrap();
-    assert_eq!(prod.len(), 1);
+    let ids: Vec<&str> = prod.iter().map(|s| s.id.as_str()).collect();
+    assert_eq!(ids, ["p"]);
+    assert_eq!(prod[0].pod_name(), "prod/web");
+    let none = run(list(&mut cri, Some("staging"))).unwrap();
+    assert!(none.is_empty());
 }
 
 #[test]

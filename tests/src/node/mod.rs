@@ -36,6 +36,7 @@ mod images;
 mod kubelet;
 mod net;
 mod pod;
+mod remains;
 mod sys;
 
 use std::net::Ipv4Addr;
@@ -47,6 +48,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 
 pub use pod::{ExecOutput, HostVeth, Pod, PodSpec};
+pub use remains::{PodTrace, Trace};
 
 use containerd::Cri;
 use footprint::{Footprint, GlobalsGuard};
