@@ -23,7 +23,7 @@ mod select;
 use std::fmt;
 
 pub use cri::{CriApi, RuntimeClient};
-pub use endpoint::{connect, DEFAULT_ENDPOINTS, ENDPOINT_ENV};
+pub use endpoint::{connect, default_endpoints, DEFAULT_ENDPOINTS, ENDPOINT_ENV, HOST_ROOT};
 
 /// Errors met while finding the container runtime or the pod.
 #[derive(Debug, thiserror::Error)]
@@ -48,14 +48,26 @@ pub enum TargetError {
     #[error("unsupported runtime endpoint {0:?}: use unix:///path/to/socket or /path/to/socket")]
     InvalidEndpoint(String),
     /// None of the default sockets belongs to a CRI runtime.
-    #[error("no container runtime found: tried {tried}; use --runtime-endpoint")]
+    #[error("no container runtime found: {tried}; name the socket with --runtime-endpoint, or, in a pod, mount the node's runtime socket (a hostPath volume, see deploy/)")]
     NoRuntime {
-        /// Each endpoint tried, with why it was not usable.
+        /// The sockets that do not exist, and each other endpoint with why it was not usable.
         tried: String,
     },
     /// The socket file does not exist.
     #[error("container runtime socket {0} does not exist")]
     SocketMissing(String),
+    /// Something else than a socket is at the endpoint's path.
+    #[error("container runtime endpoint {path} is not a socket: it is {kind}")]
+    NotASocket {
+        /// The path.
+        path: String,
+        /// What it is instead: "a regular file", "a directory".
+        kind: &'static str,
+    },
+    /// The runtime's process is not visible from podtrace's PID namespace, so neither are the
+    /// pods' processes whose pids it reports.
+    #[error("the container runtime at {0} runs in a PID namespace podtrace cannot see: podtrace needs the node's PID namespace to reach pods (hostPID: true in a pod)")]
+    RuntimePidNamespace(String),
     /// The socket exists but may not be opened by this user.
     #[error("permission denied on container runtime socket {0}: run podtrace as root")]
     PermissionDenied(String),
