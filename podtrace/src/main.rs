@@ -51,6 +51,10 @@ fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
             print_out(&runtime.block_on(args.run())?)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Agent(args) => {
+            runtime.block_on(args.run())?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

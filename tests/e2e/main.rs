@@ -5,10 +5,12 @@
 //! tests are ignored with the reason — unless PODTRACE_E2E_REQUIRED=1 (set by
 //! xtask under CI=true), where they fail instead.
 
+mod agent;
 mod bench;
 mod capture;
 mod capture_ring;
 mod coexist;
+mod dist;
 mod errors;
 mod filter;
 mod filter_engines;
@@ -142,6 +144,40 @@ const TESTS: &[(&str, TestFn)] = &[
         "capture_ring::small_ring_wraps_records_intact",
         capture_ring::small_ring_wraps_records_intact,
     ),
+    ("dist::binary_is_static", dist::binary_is_static),
+    ("dist::chroot_captures_a_veth", dist::chroot_captures_a_veth),
+    (
+        "dist::image_imports_into_containerd",
+        dist::image_imports_into_containerd,
+    ),
+    (
+        "agent::deploy_manifests_agree",
+        agent::deploy_manifests_agree,
+    ),
+    (
+        "agent::pod_manifest_captures_its_neighbour",
+        agent::pod_manifest_captures_its_neighbour,
+    ),
+    (
+        "agent::each_documented_capability_is_needed",
+        agent::each_documented_capability_is_needed,
+    ),
+    (
+        "agent::missing_host_pid_is_named",
+        agent::missing_host_pid_is_named,
+    ),
+    (
+        "agent::unmounted_socket_is_named",
+        agent::unmounted_socket_is_named,
+    ),
+    (
+        "agent::kubectl_debug_layout_finds_the_socket_under_host",
+        agent::kubectl_debug_layout_finds_the_socket_under_host,
+    ),
+    (
+        "agent::daemonset_agent_captures_through_exec",
+        agent::daemonset_agent_captures_through_exec,
+    ),
 ];
 
 /// Why the tests cannot run here, if they cannot.
@@ -170,6 +206,10 @@ fn missing_prerequisite() -> Option<String> {
         "gcc",
         "nsenter",
         "script",
+        "file",
+        "unshare",
+        "chroot",
+        "ctr",
     ] {
         if podtrace_tests::sh(&["sh", "-c", &format!("command -v {tool}")]).is_err() {
             return Some(format!(

@@ -23,7 +23,7 @@ use crate::{
 static NODE: Mutex<Option<Arc<Node>>> = Mutex::new(None);
 
 /// The node shared by the pod tests, started by the first one.
-fn node() -> Result<Arc<Node>> {
+pub(crate) fn node() -> Result<Arc<Node>> {
     let mut slot = NODE.lock().unwrap_or_else(|e| e.into_inner());
     if slot.is_none() {
         *slot = Some(Arc::new(Node::start().context("starting the test node")?));
@@ -270,6 +270,18 @@ pub fn pod_errors() -> Result<()> {
         "unix:///nonexistent/cri.sock",
     ])?;
     expect_error(&done, 1, "/nonexistent/cri.sock does not exist")?;
+
+    // Issue 15: a regular file is not "connection refused".
+    let dir = tempdir()?;
+    let file = dir.path().join("cri.sock");
+    std::fs::write(&file, "")?;
+    let done = run::run(&[
+        "capture",
+        "web4",
+        "--runtime-endpoint",
+        file.to_str().unwrap(),
+    ])?;
+    expect_error(&done, 1, "cri.sock is not a socket: it is a regular file")?;
 
     // `podtrace pods` needs no eBPF, so an unprivileged user gets as far as the socket.
     let done = run::run_unprivileged(&["pods", "--runtime-endpoint", &ep])?;

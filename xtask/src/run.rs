@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use crate::{ebpf, setup};
+use crate::{dist, ebpf, setup};
 
 pub fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -75,9 +75,14 @@ pub fn test(unit_only: bool, filter: &[String]) -> Result<()> {
         return Ok(());
     }
     status(cmd("cargo", ["build", "-p", "podtrace"]))?;
+    // The static binary and its image, which the dist and agent tests run (cached).
+    let image = dist::image()?;
     let mut e2e = cmd("cargo", ["test", "-p", "podtrace-tests", "--"]);
     e2e.args(filter)
         .env("PODTRACE_BIN", podtrace_bin("debug"))
+        .env("PODTRACE_DIST_BIN", dist::binary_path())
+        .env("PODTRACE_IMAGE_TAR", image)
+        .env("PODTRACE_IMAGE_NAME", dist::image_name())
         // Outside CI a missing prerequisite may skip; in CI it fails.
         .env("PODTRACE_E2E_REQUIRED", if ci { "1" } else { "0" });
     status(&mut e2e)
