@@ -269,7 +269,7 @@ mod tests {
                 }
             }
         }
-        let config = json(&docker[0]["Config"].as_str().unwrap().to_string());
+        let config = json(docker[0]["Config"].as_str().unwrap());
         assert_eq!(config["config"]["Entrypoint"][0], "/bin/x");
     }
 }
