@@ -169,7 +169,8 @@ fn source_tarball() -> Result<PathBuf> {
     }
     fs::create_dir_all(&dir)?;
     fs::copy(&fetched, &tarball)?;
-    fs::remove_dir_all(&download)?;
+    // The private lists served this one download; the checked tarball is what is kept.
+    fs::remove_dir_all(&apt)?;
     Ok(tarball)
 }
 

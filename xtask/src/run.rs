@@ -75,17 +75,54 @@ pub fn test(unit_only: bool, filter: &[String]) -> Result<()> {
         return Ok(());
     }
     status(cmd("cargo", ["build", "-p", "podtrace"]))?;
-    // The static binary and its image, which the dist and agent tests run (cached).
-    let image = dist::image()?;
     let mut e2e = cmd("cargo", ["test", "-p", "podtrace-tests", "--"]);
+    if runs_dist_tests(filter)? {
+        // The static binary and its image, which the dist and agent tests run (cached).
+        let image = dist::image()?;
+        e2e.env("PODTRACE_DIST_BIN", dist::binary_path())
+            .env("PODTRACE_IMAGE_TAR", image)
+            .env("PODTRACE_IMAGE_NAME", dist::image_name());
+    }
     e2e.args(filter)
         .env("PODTRACE_BIN", podtrace_bin("debug"))
-        .env("PODTRACE_DIST_BIN", dist::binary_path())
-        .env("PODTRACE_IMAGE_TAR", image)
-        .env("PODTRACE_IMAGE_NAME", dist::image_name())
         // Outside CI a missing prerequisite may skip; in CI it fails.
         .env("PODTRACE_E2E_REQUIRED", if ci { "1" } else { "0" });
     status(&mut e2e)
+}
+
+/// Whether the end-to-end tests that `filter` selects include those of the static binary and
+/// the image (modules `dist` and `agent`), which need them built: asked of the test binary.
+fn runs_dist_tests(filter: &[String]) -> Result<bool> {
+    if filter.is_empty() {
+        return Ok(true);
+    }
+    let mut list = cmd(
+        "cargo",
+        [
+            "test",
+            "-q",
+            "-p",
+            "podtrace-tests",
+            "--test",
+            "e2e",
+            "--",
+            "--list",
+        ],
+    );
+    let out = list
+        .args(filter)
+        .output()
+        .context("listing the e2e tests")?;
+    if !out.status.success() {
+        bail!(
+            "listing the e2e tests failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.ends_with(": test"))
+        .any(|l| l.starts_with("dist::") || l.starts_with("agent::")))
 }
 
 pub fn demo() -> Result<()> {
