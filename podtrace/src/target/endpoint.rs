@@ -158,10 +158,10 @@ async fn connect_one(endpoint: &str) -> Result<RuntimeClient, TargetError> {
             })
         }
     };
-    // The kernel gives the listener's pid as seen from podtrace's PID namespace, and 0 when
-    // that process is not in it: then the runtime's pods' pids mean nothing here.
-    if probe.peer_cred().is_ok_and(|cred| cred.pid() == Some(0)) {
-        return Err(TargetError::RuntimePidNamespace(shown));
+    if let Ok(cred) = probe.peer_cred() {
+        if !same_pid_namespace(cred.pid()) {
+            return Err(TargetError::RuntimePidNamespace(shown));
+        }
     }
     drop(probe);
     let connector_path = path.clone();
@@ -191,6 +191,28 @@ async fn connect_one(endpoint: &str) -> Result<RuntimeClient, TargetError> {
         )),
         Ok(Err(status)) => Err(not_cri(error_chain(&status))),
         Ok(Ok(_)) => Ok(client),
+    }
+}
+
+/// Whether the runtime (the socket's listener, `peer` as the kernel reports it) numbers
+/// processes as podtrace does, so the pause pids it reports are podtrace's `/proc/PID`.
+///
+/// The kernel gives the listener's pid as seen from podtrace's PID namespace, and 0 when that
+/// process is outside it (podtrace in a pod without `hostPID`). A runtime in a namespace nested
+/// below podtrace's (podtrace on the host of a kind node) is visible but numbers its pods' pids
+/// differently. When the listener's namespace cannot be read, it is given the benefit of the
+/// doubt.
+fn same_pid_namespace(peer: Option<i32>) -> bool {
+    match peer {
+        Some(0) => false,
+        Some(pid) => {
+            let ns = |p: &str| std::fs::read_link(format!("/proc/{p}/ns/pid")).ok();
+            match (ns(&pid.to_string()), ns("self")) {
+                (Some(theirs), Some(ours)) => theirs == ours,
+                _ => true,
+            }
+        }
+        None => true,
     }
 }
 
@@ -257,6 +279,13 @@ mod tests {
             .await
             .unwrap_err();
         assert!(err.to_string().ends_with("it is a directory"), "{err}");
+    }
+
+    #[test]
+    fn pid_namespace_of_the_runtime() {
+        assert!(!same_pid_namespace(Some(0)), "an invisible listener");
+        assert!(same_pid_namespace(Some(std::process::id() as i32)));
+        assert!(same_pid_namespace(None));
     }
 
     #[test]

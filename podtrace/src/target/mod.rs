@@ -64,9 +64,9 @@ pub enum TargetError {
         /// What it is instead: "a regular file", "a directory".
         kind: &'static str,
     },
-    /// The runtime's process is not visible from podtrace's PID namespace, so neither are the
-    /// pods' processes whose pids it reports.
-    #[error("the container runtime at {0} runs in a PID namespace podtrace cannot see: podtrace needs the node's PID namespace to reach pods (hostPID: true in a pod)")]
+    /// The runtime runs in another PID namespace than podtrace, so the pods' pids it reports
+    /// are not podtrace's.
+    #[error("the container runtime at {0} runs in another PID namespace than podtrace, so the pods' pids it reports are not podtrace's: run podtrace in the node's PID namespace (hostPID: true in a pod)")]
     RuntimePidNamespace(String),
     /// The socket exists but may not be opened by this user.
     #[error("permission denied on container runtime socket {0}: run podtrace as root")]
