@@ -34,16 +34,43 @@ pub const RECORD_HEADER_LEN: usize = core::mem::size_of::<RecordHeader>();
 /// super-packets of up to 64 KiB, so this matches that, as tcpdump's would.
 pub const MAX_CAPLEN: u32 = 65535;
 
-/// Index in the per-CPU counter array: packets the filter let through (all
-/// of them without a filter). Packets seen = passed + filtered: a rejected
-/// packet bumps one counter only.
+/// Counter of a link's slot: packets the filter let through (all of them
+/// without a filter). Packets seen = passed + filtered: a rejected packet
+/// bumps one counter only.
 pub const COUNTER_PASSED: u32 = 0;
 /// Packets that could not be delivered to userspace (ring full).
 pub const COUNTER_LOST: u32 = 1;
 /// Packets rejected by the capture filter.
 pub const COUNTER_FILTERED: u32 = 2;
-/// Number of counters.
+/// Counters per slot (one unused, for alignment): slot `s`'s counter `c`
+/// is at index `s * COUNTERS_LEN + c` of the per-CPU counter array.
 pub const COUNTERS_LEN: u32 = 4;
+
+/// Slot of packets on a link without one of its own (never expected: a
+/// link's slot is set before programs are attached to it).
+pub const SLOT_UNATTRIBUTED: u32 = 0;
+
+/// Entries of the table that gives each attached link its counter slot,
+/// indexed by `ifindex % LINK_TABLE_LEN`: one array lookup per packet.
+/// A link whose entry is taken by another finds its slot in a hash map.
+pub const LINK_TABLE_LEN: u32 = 4096;
+
+/// An entry of the link table: the link it belongs to, and its slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct LinkSlot {
+    /// 0 for a free entry (no link has ifindex 0).
+    pub ifindex: u32,
+    pub slot: u32,
+}
+
+/// Slots of `CAPTURE`, the program array a translated filter tail-calls:
+/// the capture programs by hook, then the one that counts rejected packets.
+pub const CAPTURE_SLOT_INGRESS: u32 = 0;
+/// See [`CAPTURE_SLOT_INGRESS`].
+pub const CAPTURE_SLOT_EGRESS: u32 = 1;
+/// See [`CAPTURE_SLOT_INGRESS`].
+pub const CAPTURE_SLOT_REJECTED: u32 = 2;
 
 /// One classic-BPF instruction, laid out like libpcap's `struct bpf_insn`
 /// (and the kernel's `struct sock_filter`), so a compiled filter is copied
@@ -72,6 +99,10 @@ unsafe impl aya::Pod for RecordHeader {}
 #[cfg(feature = "user")]
 // SAFETY: plain old data, repr(C), 8 bytes without padding.
 unsafe impl aya::Pod for FilterInsn {}
+
+#[cfg(feature = "user")]
+// SAFETY: plain old data, repr(C), two u32 without padding.
+unsafe impl aya::Pod for LinkSlot {}
 
 #[cfg(test)]
 mod tests {

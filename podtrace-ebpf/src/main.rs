@@ -19,6 +19,11 @@
 //! through `CAPTURE` for the packets it accepts, and they run with no
 //! filter of their own.
 //!
+//! Every packet is counted (passed, filtered, lost) in the counter slot of
+//! its link, so a capture of many pods knows each one's exact numbers: one
+//! array lookup by ifindex per packet (`slot_of`). A translated filter
+//! counts what it rejects through a tail call into `podtrace_rejected`.
+//!
 //! The programs never change the verdict: they always return `TCX_NEXT`, which
 //! continues the TCX chain and legacy direct-action filters alike (TC_ACT_OK
 //! or TC_ACT_PIPE would end the TCX chain and hide programs attached after us).
@@ -33,12 +38,12 @@ use aya_ebpf::{
     },
     helpers::{bpf_ktime_get_ns, bpf_skb_load_bytes},
     macros::{classifier, map},
-    maps::{PerCpuArray, ProgramArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, ProgramArray, RingBuf},
     programs::TcContext,
 };
 use podtrace_common::{
-    RecordHeader, COUNTERS_LEN, COUNTER_FILTERED, COUNTER_LOST, COUNTER_PASSED, HOOK_EGRESS,
-    HOOK_INGRESS, MAX_CAPLEN, RECORD_HEADER_LEN,
+    LinkSlot, RecordHeader, COUNTERS_LEN, COUNTER_FILTERED, COUNTER_LOST, COUNTER_PASSED,
+    HOOK_EGRESS, HOOK_INGRESS, LINK_TABLE_LEN, MAX_CAPLEN, RECORD_HEADER_LEN, SLOT_UNATTRIBUTED,
 };
 
 /// Bytes of each packet to copy; set by the loader (`-s`).
@@ -58,13 +63,26 @@ static WAKEUP_BYTES: u64 = 1 << 20;
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
 
+/// Per-CPU counters, `COUNTERS_LEN` per slot; a link's slot comes from
+/// `LINK_SLOTS`. Slots are sized by the loader (`-B`-independent: one per
+/// link a capture can hold at once).
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS_LEN, 0);
 
-/// The capture programs, by hook, for a translated filter to tail-call.
-/// Filled by the loader; unused by these programs themselves.
+/// Each attached link's slot, at `ifindex % LINK_TABLE_LEN`; set by
+/// userspace before it attaches to the link, so its first packet counts.
 #[map]
-static CAPTURE: ProgramArray = ProgramArray::with_max_entries(2, 0);
+static LINK_SLOTS: Array<LinkSlot> = Array::with_max_entries(LINK_TABLE_LEN, 0);
+
+/// Slots of the links whose table entry another link holds (rare).
+#[map]
+static LINK_SLOTS_MORE: HashMap<u32, u32> = HashMap::with_max_entries(1, 0);
+
+/// The capture programs by hook and `podtrace_rejected`, for a translated
+/// filter to tail-call (see podtrace-common's `CAPTURE_SLOT_*`). Filled by
+/// the loader; unused by these programs themselves.
+#[map]
+static CAPTURE: ProgramArray = ProgramArray::with_max_entries(3, 0);
 
 #[classifier]
 pub fn podtrace_ingress(ctx: TcContext) -> i32 {
@@ -78,11 +96,33 @@ pub fn podtrace_egress(ctx: TcContext) -> i32 {
     TCX_NEXT
 }
 
+/// Counts a packet a translated filter rejected, in its link's slot; only
+/// ever reached by a tail call from that filter.
+#[classifier]
+pub fn podtrace_rejected(ctx: TcContext) -> i32 {
+    count(slot_of(&ctx), COUNTER_FILTERED);
+    TCX_NEXT
+}
+
+/// The counter slot of the link the packet is on.
 #[inline(always)]
-fn count(index: u32) {
-    if let Some(counter) = COUNTERS.get_ptr_mut(index) {
+fn slot_of(ctx: &TcContext) -> u32 {
+    // SAFETY: `skb` is the context pointer the kernel gave us.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    match LINK_SLOTS.get(ifindex % LINK_TABLE_LEN) {
+        Some(entry) if entry.ifindex == ifindex => entry.slot,
+        // SAFETY: the value is a plain u32, read at once.
+        _ => unsafe { LINK_SLOTS_MORE.get(&ifindex) }
+            .copied()
+            .unwrap_or(SLOT_UNATTRIBUTED),
+    }
+}
+
+#[inline(always)]
+fn count(slot: u32, counter: u32) {
+    if let Some(value) = COUNTERS.get_ptr_mut(slot * COUNTERS_LEN + counter) {
         // SAFETY: per-CPU slot, TC programs do not nest on one CPU.
-        unsafe { *counter += 1 };
+        unsafe { *value += 1 };
     }
 }
 
@@ -98,13 +138,14 @@ fn capture(ctx: &TcContext, hook: u8) {
     } else {
         filter::run(ctx.skb.skb, len, filter_len)
     };
+    let slot = slot_of(ctx);
     if keep == 0 {
-        count(COUNTER_FILTERED);
+        count(slot, COUNTER_FILTERED);
         return;
     }
-    count(COUNTER_PASSED);
+    count(slot, COUNTER_PASSED);
     if try_capture(ctx, hook, len, keep).is_err() {
-        count(COUNTER_LOST);
+        count(slot, COUNTER_LOST);
     }
 }
 

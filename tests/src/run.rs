@@ -124,7 +124,13 @@ pub struct Capture {
 impl Capture {
     /// Starts podtrace and waits until it says it is capturing.
     pub fn start(args: &[&str]) -> Result<Self> {
-        Ok(Self::spawn(args, false)?.0)
+        Ok(Self::spawn(&[], args, false)?.0)
+    }
+
+    /// Like [`start`](Self::start), with podtrace run by `wrapper` (e.g.
+    /// `["nohup"]`), which must exec it.
+    pub fn start_via(wrapper: &[&str], args: &[&str]) -> Result<Self> {
+        Ok(Self::spawn(wrapper, args, false)?.0)
     }
 
     /// Like [`start`](Self::start) for a command that ends up exec'ing podtrace in its own
@@ -136,12 +142,23 @@ impl Capture {
     /// Like [`start`](Self::start), but hands podtrace's stdout to the caller
     /// (a live `-w -` stream).
     pub fn start_streaming(args: &[&str]) -> Result<(Self, ChildStdout)> {
-        let (capture, out) = Self::spawn(args, true)?;
+        let (capture, out) = Self::spawn(&[], args, true)?;
         Ok((capture, out.expect("stdout kept")))
     }
 
-    fn spawn(args: &[&str], keep_stdout: bool) -> Result<(Self, Option<ChildStdout>)> {
-        let mut command = Command::new(bin());
+    fn spawn(
+        wrapper: &[&str],
+        args: &[&str],
+        keep_stdout: bool,
+    ) -> Result<(Self, Option<ChildStdout>)> {
+        let mut command = match wrapper {
+            [] => Command::new(bin()),
+            [program, rest @ ..] => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(bin());
+                c
+            }
+        };
         command.args(args);
         Self::spawn_command(command, keep_stdout)
     }
@@ -291,4 +308,80 @@ pub fn prog_exists(id: u32) -> bool {
         .args(["prog", "show", "id", &id.to_string()])
         .output()
         .is_ok_and(|o| o.status.success())
+}
+
+/// The highest eBPF program id the kernel has handed out so far (ids only
+/// grow): programs loaded later have higher ids.
+pub fn last_prog_id() -> anyhow::Result<u32> {
+    Ok(all_prog_ids()?.into_iter().max().unwrap_or(0))
+}
+
+/// podtrace's eBPF programs (by name) loaded after `since` that no process
+/// holds open, as seen over ~3 s: a program a run left attached through tc
+/// or pinned outlives the process, while one being freed goes away.
+pub fn orphan_programs(since: u32) -> anyhow::Result<Vec<u32>> {
+    let mut orphans = Vec::new();
+    for _ in 0..30 {
+        let held: Vec<u32> = held_prog_ids();
+        orphans = podtrace_programs()?
+            .into_iter()
+            .filter(|id| *id > since && !held.contains(id))
+            .collect();
+        if orphans.is_empty() {
+            break;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    Ok(orphans)
+}
+
+fn bpftool_programs() -> anyhow::Result<Vec<serde_json::Value>> {
+    let out = Command::new("bpftool")
+        .args(["prog", "show", "-j"])
+        .output()
+        .context("running bpftool")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "bpftool prog show: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    if text.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    serde_json::from_str::<Vec<serde_json::Value>>(&text).context("bpftool's JSON")
+}
+
+fn all_prog_ids() -> anyhow::Result<Vec<u32>> {
+    Ok(bpftool_programs()?
+        .iter()
+        .filter_map(|p| p["id"].as_u64().and_then(|id| u32::try_from(id).ok()))
+        .collect())
+}
+
+/// Ids of loaded programs whose name starts with `podtrace`.
+fn podtrace_programs() -> anyhow::Result<Vec<u32>> {
+    Ok(bpftool_programs()?
+        .iter()
+        .filter(|p| {
+            p["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("podtrace"))
+        })
+        .filter_map(|p| p["id"].as_u64().and_then(|id| u32::try_from(id).ok()))
+        .collect())
+}
+
+/// Program ids any process holds an fd of.
+fn held_prog_ids() -> Vec<u32> {
+    let mut held: Vec<u32> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .flat_map(prog_ids_of)
+        .collect();
+    held.sort_unstable();
+    held.dedup();
+    held
 }

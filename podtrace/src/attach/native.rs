@@ -16,7 +16,7 @@ use aya::{
 };
 use podtrace_common::FilterInsn;
 
-use super::{EGRESS_PROGRAM, INGRESS_PROGRAM};
+use super::{EGRESS_PROGRAM, INGRESS_PROGRAM, REJECTED_PROGRAM};
 use crate::error_chain;
 use crate::filter::translate::{self, Insn, Maps, Options, TranslateError};
 
@@ -99,7 +99,8 @@ pub(super) fn load_filter_programs(
     let ingress = load(0, INGRESS_NAME)?;
     let egress = load(1, EGRESS_NAME)?;
     let mut fds = Vec::new();
-    for name in [INGRESS_PROGRAM, EGRESS_PROGRAM] {
+    // In the order of podtrace-common's CAPTURE_SLOT_*.
+    for name in [INGRESS_PROGRAM, EGRESS_PROGRAM, REJECTED_PROGRAM] {
         let prog: &SchedClassifier = ebpf
             .program(name)
             .and_then(|p| p.try_into().ok())

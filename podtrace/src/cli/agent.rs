@@ -34,6 +34,7 @@ impl AgentArgs {
             engine: FilterEngine::Auto,
             slow_loads_only: false,
             immediate: false,
+            links: 1,
         })?);
         eprintln!(
             "podtrace: agent ready: container runtime {endpoint}, {} pods on this node, eBPF programs load; \

@@ -6,7 +6,8 @@ use podtrace::{link, target};
 use super::PodsArgs;
 
 impl PodsArgs {
-    /// `podtrace pods`: a table like `kubectl get pods -o wide`, plus the veth.
+    /// `podtrace pods`: a table like `kubectl get pods -o wide`, plus the
+    /// veth: with `-l`, the pods a capture with that selector would take.
     pub async fn run(&self) -> Result<String> {
         let (mut client, endpoint) =
             target::connect(self.runtime.runtime_endpoint.as_deref()).await?;
@@ -16,7 +17,17 @@ impl PodsArgs {
             (false, Some(ns)) => Some(ns.as_str()),
             (false, None) => Some(target::DEFAULT_NAMESPACE),
         };
-        let sandboxes = target::list(&mut client, namespace).await?;
+        let selector = self
+            .selector
+            .as_deref()
+            .map(target::LabelSelector::parse)
+            .transpose()?;
+        let query = target::PodQuery::Labels {
+            selector: selector.clone(),
+            namespace: namespace.map(String::from),
+        };
+        let mut sandboxes = target::list(&mut client, namespace).await?;
+        sandboxes.retain(|s| query.matches(s));
         let mut rows =
             vec![["NAMESPACE", "NAME", "STATE", "IP", "VETH", "IFINDEX", "UID"].map(String::from)];
         for s in &sandboxes {
@@ -39,9 +50,10 @@ impl PodsArgs {
             ]);
         }
         if sandboxes.is_empty() {
+            let matching = selector.map_or(String::new(), |s| format!(" matching {s}"));
             return Ok(match namespace {
-                Some(ns) => format!("No pods found in {ns} namespace.\n"),
-                None => "No pods found.\n".into(),
+                Some(ns) => format!("No pods{matching} found in {ns} namespace.\n"),
+                None => format!("No pods{matching} found.\n"),
             });
         }
         Ok(table(&rows))

@@ -21,6 +21,7 @@ mod procs;
 mod report;
 mod tcp_switch;
 mod throughput;
+mod workload;
 
 use std::{
     path::PathBuf,
@@ -75,7 +76,7 @@ pub struct Options {
 }
 
 /// The sections `--only` picks from, in the order they run.
-pub const SECTIONS: [&str; 8] = [
+pub const SECTIONS: [&str; 9] = [
     "tcp",
     "udp",
     "small-buffers",
@@ -84,6 +85,7 @@ pub const SECTIONS: [&str; 8] = [
     "filter-switch",
     "filter-udp",
     "first-packet",
+    "workload",
 ];
 
 impl Options {
@@ -209,6 +211,11 @@ pub fn run(opts: &Options) -> Result<String> {
     if opts.runs("first-packet") {
         eprintln!("bench: time to first packet");
         bench.first_packet(&mut report)?;
+    }
+
+    if opts.runs("workload") {
+        eprintln!("bench: workload capture (a node of 50 pods)");
+        workload::run(&opts.podtrace, plan, &mut report.workload)?;
     }
 
     report.commands = std::mem::take(&mut bench.commands);

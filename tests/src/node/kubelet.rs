@@ -43,7 +43,7 @@ fn namespace_options(spec: &PodSpec) -> NamespaceOption {
     }
 }
 
-fn sandbox_config(fp: &Footprint, spec: &PodSpec, uid: &str) -> PodSandboxConfig {
+fn sandbox_config(fp: &Footprint, spec: &PodSpec, uid: &str, attempt: u32) -> PodSandboxConfig {
     let mut labels: HashMap<String, String> = spec.labels.iter().cloned().collect();
     labels.insert("io.kubernetes.pod.name".into(), spec.name.clone());
     labels.insert("io.kubernetes.pod.namespace".into(), spec.namespace.clone());
@@ -67,7 +67,7 @@ fn sandbox_config(fp: &Footprint, spec: &PodSpec, uid: &str) -> PodSandboxConfig
             name: spec.name.clone(),
             uid: uid.to_string(),
             namespace: spec.namespace.clone(),
-            attempt: 0,
+            attempt,
         }),
         hostname: if spec.host_network {
             String::new()
@@ -114,10 +114,17 @@ fn container_security(spec: &PodSpec) -> LinuxContainerSecurityContext {
     }
 }
 
-/// Runs the sandbox, finds its network, starts the app.
-pub(crate) fn run(cri: &Cri, fp: &Footprint, spec: &PodSpec, uid: &str) -> Result<Pod> {
+/// Runs the sandbox (kubelet's `attempt` of it: 0 for a new pod, then one
+/// more each time it re-creates the sandbox), finds its network, starts the app.
+pub(crate) fn run(
+    cri: &Cri,
+    fp: &Footprint,
+    spec: &PodSpec,
+    uid: &str,
+    attempt: u32,
+) -> Result<Pod> {
     std::fs::create_dir_all(pod_log_dir(fp, uid))?;
-    let config = sandbox_config(fp, spec, uid);
+    let config = sandbox_config(fp, spec, uid, attempt);
     let mut client = cri.runtime();
     let (sandbox_id, info) = cri.block_on(async {
         let sandbox_id = client
@@ -160,7 +167,8 @@ pub(crate) fn run(cri: &Cri, fp: &Footprint, spec: &PodSpec, uid: &str) -> Resul
     let container = ContainerConfig {
         metadata: Some(ContainerMetadata {
             name: "app".to_string(),
-            attempt: 0,
+            // Its name is reserved until removed: a new sandbox's app is the next attempt.
+            attempt,
         }),
         image: Some(ImageSpec {
             image: spec.image_name(),

@@ -37,6 +37,7 @@ mod kubelet;
 pub mod manifest;
 mod net;
 mod pod;
+mod remains;
 mod sys;
 
 use std::net::Ipv4Addr;
@@ -48,6 +49,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 
 pub use pod::{ExecOutput, HostVeth, Mount, Pod, PodSpec, Security};
+pub use remains::{PodTrace, Trace};
 
 use containerd::Cri;
 use footprint::{Footprint, GlobalsGuard};
@@ -172,7 +174,7 @@ impl Node {
             fp.save()?;
         }
         let t0 = Instant::now();
-        let pod = kubelet::run(cri, &self.fp, &spec, &uid)
+        let pod = kubelet::run(cri, &self.fp, &spec, &uid, 0)
             .with_context(|| format!("running pod {}/{}", spec.namespace, spec.name))?;
         self.log(&format!(
             "pod {}/{} up in {:.2?}",
@@ -230,6 +232,34 @@ impl Node {
         let cri = self.cri()?;
         kubelet::remove(cri, &pod.sandbox_id)?;
         sys::remove_pod_cgroups(&pod.uid)
+    }
+
+    /// Re-creates a pod's sandbox as kubelet does when it finds it dead:
+    /// stops the old one (its veth goes), runs a new one for the same pod
+    /// (same uid, the next attempt, a new veth) with the app again, then
+    /// removes the old one. Returns the pod on its new sandbox.
+    ///
+    /// # Errors
+    ///
+    /// Any CRI call failing.
+    pub fn recreate_sandbox(&self, pod: &Pod, spec: &PodSpec, attempt: u32) -> Result<Pod> {
+        let cri = self.cri()?;
+        kubelet::stop_sandbox(cri, &pod.sandbox_id)?;
+        let t0 = Instant::now();
+        let new = kubelet::run(cri, &self.fp, spec, &pod.uid, attempt).with_context(|| {
+            format!(
+                "re-creating the sandbox of {}/{}",
+                spec.namespace, spec.name
+            )
+        })?;
+        kubelet::remove(cri, &pod.sandbox_id)?;
+        self.log(&format!(
+            "pod {}/{} sandbox re-created (attempt {attempt}) in {:.2?}",
+            new.namespace,
+            new.name,
+            t0.elapsed()
+        ));
+        Ok(new)
     }
 
     /// Stops a pod's sandbox but keeps the pod (state NOTREADY); `remove_pod`

@@ -1,0 +1,466 @@
+//! A capture session: one set of loaded programs, one ring, one sink, and
+//! targets that join and leave while it runs. One pod captured once is the
+//! simple case: one target that joins at the start.
+//!
+//! Targets come as [`Change`]s from a watcher (see [`crate::watch`]). Each
+//! target is an interface of the capture (a pcapng IDB named `ns/pod`),
+//! counted on its own: the kernel counts per link ([`Attacher`]), the
+//! session per interface. A link that may turn out to be a target (a new
+//! veth whose pod the runtime does not list yet) is attached *provisionally*
+//! so a pod's first packets are not missed; its packets are held until the
+//! watcher says whose it is, then written or dropped.
+//!
+//! [`Session`] is plain logic over an [`Attacher`] and a [`Sink`], fed
+//! records by the loop in [`run`]; the tests drive it with fakes.
+
+mod held;
+mod pace;
+mod run;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+
+use self::held::Held;
+pub use self::run::{run, CaptureError, CapturePlan, StopReason, Summary};
+use crate::{
+    attach::{AttachError, DirectionFilter, Hooks, KernelCounters, Programs, TcMode},
+    link::HostLink,
+    ring::{Clock, Direction, Record},
+    sink::{Interface, InterfaceId, Packet, Sink, SinkError, Stats},
+};
+
+/// Something to capture: a pod (through its current host link), or a host
+/// interface, process or network namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// Names the target across its links: the pod uid, or the link.
+    pub key: String,
+    pub link: HostLink,
+    /// For messages: "pod prod/web", "interface eth0".
+    pub label: String,
+    /// How file formats that describe interfaces (pcapng) show it.
+    pub interface: Interface,
+}
+
+impl Target {
+    /// A host link captured as itself (`-i`, `--pid`, `--netns`).
+    pub fn link(link: HostLink, label: String) -> Self {
+        let interface = Interface {
+            name: link.name.clone(),
+            description: format!(
+                "{label} (host interface {}, ifindex {})",
+                link.name, link.ifindex
+            ),
+        };
+        Self {
+            key: format!("link/{}", link.ifindex),
+            link,
+            label,
+            interface,
+        }
+    }
+}
+
+/// What a watcher tells the session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// Capture this target: a new one, a provisional link claimed, or a
+    /// known target on a new link (its pod's sandbox was re-created).
+    Add(Target),
+    /// Attach this link now and hold its packets: it may be a target.
+    Provisional(HostLink),
+    /// A provisional link is no target: detach it, drop what it held.
+    Discard(u32),
+    /// The target is gone: detach, write its statistics.
+    Remove { key: String, reason: String },
+    /// Nothing can join any more (a single pod was deleted): stop.
+    Exhausted(String),
+}
+
+/// Attaches the capture programs to links and reads their counts;
+/// implemented by [`Programs`], and by a fake in the tests.
+pub trait Attacher {
+    fn attach(
+        &mut self,
+        link: &HostLink,
+        hooks: Hooks,
+        mode: TcMode,
+    ) -> Result<TcMode, AttachError>;
+    /// Detaches, returning the link's final counts.
+    fn detach(&mut self, ifindex: u32) -> KernelCounters;
+    fn counters(&self, ifindex: u32) -> KernelCounters;
+    fn unattributed(&self) -> KernelCounters;
+}
+
+impl Attacher for Programs {
+    fn attach(
+        &mut self,
+        link: &HostLink,
+        hooks: Hooks,
+        mode: TcMode,
+    ) -> Result<TcMode, AttachError> {
+        Programs::attach(self, link, hooks, mode)
+    }
+    fn detach(&mut self, ifindex: u32) -> KernelCounters {
+        Programs::detach(self, ifindex)
+    }
+    fn counters(&self, ifindex: u32) -> KernelCounters {
+        self.link_counters(ifindex)
+    }
+    fn unattributed(&self) -> KernelCounters {
+        self.unattributed_counters()
+    }
+}
+
+/// Where the records of one link go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    /// To this interface; directions flip on a target's veth.
+    To {
+        interface: InterfaceId,
+        peer_is_target: bool,
+    },
+    /// Into the link's hold, until the watcher decides.
+    Held { peer_is_target: bool },
+    /// Nowhere: a discarded provisional link's leftovers.
+    Dropped,
+}
+
+/// One interface of the capture.
+#[derive(Debug)]
+struct Member {
+    key: String,
+    label: String,
+    /// The link captured now; None once the target left.
+    ifindex: Option<u32>,
+    /// Counts of the links it no longer uses.
+    retired: KernelCounters,
+    written: u64,
+    started_ns: u64,
+}
+
+/// How the session attaches and stops.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionOptions {
+    pub direction: DirectionFilter,
+    pub tc_mode: TcMode,
+    /// Stop after this many packets written (`-c`).
+    pub limit: u64,
+}
+
+pub struct Session<A: Attacher> {
+    attacher: A,
+    sink: Box<dyn Sink>,
+    opts: SessionOptions,
+    members: Vec<Member>,
+    /// Interface of each target key still in the capture.
+    by_key: HashMap<String, InterfaceId>,
+    /// Every link seen, kept after it leaves: its records may still be in
+    /// the ring (ifindexes are not reused soon).
+    routes: HashMap<u32, Route>,
+    /// Records come in runs from one link: the last lookup, cached.
+    last_route: Option<(u32, Route)>,
+    held: HashMap<u32, Held>,
+    /// Interfaces that left, whose statistics wait for the next drain.
+    leaving: Vec<InterfaceId>,
+    /// Counts of provisional links that were discarded: not any
+    /// interface's, and not the capture's.
+    discarded: KernelCounters,
+    pub captured: u64,
+    pub bytes: u64,
+    /// How the last link was attached, for the start line.
+    pub mode_used: Option<TcMode>,
+    stop: Option<StopReason>,
+}
+
+impl<A: Attacher> Session<A> {
+    pub fn new(attacher: A, sink: Box<dyn Sink>, opts: SessionOptions) -> Self {
+        Self {
+            attacher,
+            sink,
+            opts,
+            members: Vec::new(),
+            by_key: HashMap::new(),
+            routes: HashMap::new(),
+            last_route: None,
+            held: HashMap::new(),
+            leaving: Vec::new(),
+            discarded: KernelCounters::default(),
+            captured: 0,
+            bytes: 0,
+            mode_used: None,
+            stop: None,
+        }
+    }
+
+    /// Why the session should stop, once it should.
+    pub fn stop_reason(&self) -> Option<&StopReason> {
+        self.stop.as_ref()
+    }
+
+    /// Applies a watcher's change. An attach error leaves the session as
+    /// it was (the caller decides whether it is fatal).
+    pub fn apply(&mut self, change: Change) -> Result<(), ApplyError> {
+        match change {
+            Change::Add(target) => self.add(target)?,
+            Change::Provisional(link) => self.provisional(link)?,
+            Change::Discard(ifindex) => self.discard(ifindex),
+            Change::Remove { key, reason } => self.remove(&key, &reason),
+            Change::Exhausted(why) => self.stop = Some(StopReason::TargetGone(why)),
+        }
+        Ok(())
+    }
+
+    fn set_route(&mut self, ifindex: u32, route: Route) {
+        self.routes.insert(ifindex, route);
+        self.last_route = None;
+    }
+
+    fn attach(&mut self, link: &HostLink) -> Result<(), AttachError> {
+        let hooks = Hooks::for_direction(self.opts.direction, link.peer_is_target);
+        self.mode_used = Some(self.attacher.attach(link, hooks, self.opts.tc_mode)?);
+        Ok(())
+    }
+
+    fn add(&mut self, target: Target) -> Result<(), ApplyError> {
+        let ifindex = target.link.ifindex;
+        let peer_is_target = target.link.peer_is_target;
+        if let Some(&id) = self.by_key.get(&target.key) {
+            let member = &mut self.members[id as usize];
+            if member.ifindex == Some(ifindex) {
+                return Ok(());
+            }
+            // The pod's sandbox was re-created: same interface, new link.
+            if let Some(old) = member.ifindex.take() {
+                member.retired += self.attacher.detach(old);
+            }
+            crate::verbose(format_args!(
+                "{}: now on host link {} (ifindex {ifindex})",
+                target.label, target.link.name
+            ));
+        }
+        let held = self.held.remove(&ifindex);
+        if held.is_none() {
+            self.attach(&target.link)?;
+        }
+        let id = match self.by_key.get(&target.key) {
+            Some(&id) => id,
+            None => {
+                let id = self.members.len() as InterfaceId;
+                self.sink.add_interface(id, &target.interface)?;
+                self.members.push(Member {
+                    key: target.key.clone(),
+                    label: target.label.clone(),
+                    ifindex: None,
+                    retired: KernelCounters::default(),
+                    written: 0,
+                    started_ns: crate::sink::now_ns(),
+                });
+                self.by_key.insert(target.key.clone(), id);
+                id
+            }
+        };
+        self.members[id as usize].ifindex = Some(ifindex);
+        self.set_route(
+            ifindex,
+            Route::To {
+                interface: id,
+                peer_is_target,
+            },
+        );
+        if let Some(held) = held {
+            // What the link carried before anyone knew whose it was.
+            self.members[id as usize].retired.lost += held.dropped();
+            for packet in held.packets(id) {
+                self.write(&packet.as_packet())?;
+            }
+        }
+        Ok(())
+    }
+
+    fn provisional(&mut self, link: HostLink) -> Result<(), ApplyError> {
+        let ifindex = link.ifindex;
+        if self.routes.contains_key(&ifindex) || self.held.contains_key(&ifindex) {
+            return Ok(());
+        }
+        self.attach(&link)?;
+        self.held.insert(ifindex, Held::default());
+        self.set_route(
+            ifindex,
+            Route::Held {
+                peer_is_target: link.peer_is_target,
+            },
+        );
+        Ok(())
+    }
+
+    fn discard(&mut self, ifindex: u32) {
+        if self.held.remove(&ifindex).is_some() {
+            self.discarded += self.attacher.detach(ifindex);
+            self.set_route(ifindex, Route::Dropped);
+        }
+    }
+
+    fn remove(&mut self, key: &str, reason: &str) {
+        let Some(id) = self.by_key.remove(key) else {
+            return;
+        };
+        let member = &mut self.members[id as usize];
+        if let Some(ifindex) = member.ifindex.take() {
+            member.retired += self.attacher.detach(ifindex);
+        }
+        crate::verbose(format_args!("{}: {reason}", member.label));
+        // Its records may still be in the ring: statistics after the drain.
+        self.leaving.push(id);
+    }
+
+    /// Hands one ring record on; false once no more are wanted (`-c`, or
+    /// the sink's file limit).
+    pub fn record(&mut self, record: &Record<'_>, clock: &Clock) -> Result<bool, SinkError> {
+        if self.stop.is_some() {
+            return Ok(false);
+        }
+        let ifindex = record.header.ifindex;
+        let route = match self.last_route {
+            Some((last, route)) if last == ifindex => route,
+            _ => {
+                let route = self.routes.get(&ifindex).copied().unwrap_or(Route::Dropped);
+                self.last_route = Some((ifindex, route));
+                route
+            }
+        };
+        let (interface, peer_is_target) = match route {
+            Route::To {
+                interface,
+                peer_is_target,
+            } => (interface, peer_is_target),
+            Route::Held { peer_is_target } => {
+                if let (Some(held), Some(direction)) = (
+                    self.held.get_mut(&ifindex),
+                    Direction::from_hook(record.header.hook, peer_is_target),
+                ) {
+                    held.push(clock.to_wall(record.header.ts_ns), direction, record);
+                }
+                return Ok(true);
+            }
+            Route::Dropped => return Ok(true),
+        };
+        let Some(direction) = Direction::from_hook(record.header.hook, peer_is_target) else {
+            return Ok(true);
+        };
+        self.write(&Packet {
+            ts: clock.to_wall(record.header.ts_ns),
+            interface,
+            direction,
+            orig_len: record.header.orig_len,
+            data: record.data,
+        })?;
+        Ok(self.stop.is_none())
+    }
+
+    fn write(&mut self, packet: &Packet<'_>) -> Result<(), SinkError> {
+        if self.stop.is_some() {
+            return Ok(());
+        }
+        self.sink.write(packet)?;
+        if self.sink.done() {
+            // Rotation reached its file limit: this one was not written.
+            self.stop = Some(StopReason::FileLimit);
+            return Ok(());
+        }
+        self.captured += 1;
+        self.bytes += packet.data.len() as u64;
+        self.members[packet.interface as usize].written += 1;
+        if self.captured >= self.opts.limit {
+            self.stop = Some(StopReason::Count);
+        }
+        Ok(())
+    }
+
+    /// After a drain: flushes what was written, and writes the statistics
+    /// of the interfaces that left (their last records are in now).
+    pub fn settle(&mut self, wrote: bool) -> Result<(), SinkError> {
+        for id in std::mem::take(&mut self.leaving) {
+            let stats = self.stats(id);
+            self.sink.remove_interface(id, &stats)?;
+        }
+        if wrote {
+            self.sink.flush()?;
+        }
+        Ok(())
+    }
+
+    /// An interface's counts, as its statistics block carries them.
+    fn stats(&self, id: InterfaceId) -> Stats {
+        let member = &self.members[id as usize];
+        let mut kernel = member.retired;
+        if let Some(ifindex) = member.ifindex {
+            kernel += self.attacher.counters(ifindex);
+        }
+        Stats {
+            received: kernel.seen,
+            dropped: kernel.lost,
+            filtered: kernel.filtered,
+            started_ns: member.started_ns,
+            comment: None,
+        }
+    }
+
+    /// The kernel's counts over the capture's interfaces (provisional
+    /// links that were discarded left out).
+    pub fn totals(&self) -> KernelCounters {
+        let mut total = self.attacher.unattributed();
+        for (id, _) in self.members.iter().enumerate() {
+            let s = self.stats(id as InterfaceId);
+            total += KernelCounters {
+                seen: s.received,
+                lost: s.dropped,
+                filtered: s.filtered,
+            };
+        }
+        total
+    }
+
+    /// Detaches from every link (first step of every stop).
+    pub fn detach_all(&mut self) {
+        for member in &mut self.members {
+            if let Some(ifindex) = member.ifindex {
+                member.retired += self.attacher.detach(ifindex);
+            }
+        }
+        for ifindex in std::mem::take(&mut self.held).into_keys() {
+            self.discarded += self.attacher.detach(ifindex);
+        }
+    }
+
+    /// The end: statistics of the interfaces still in the capture.
+    pub fn finish(&mut self) -> Result<(), SinkError> {
+        self.settle(false)?;
+        let live: Vec<(InterfaceId, Stats)> = self
+            .by_key
+            .values()
+            .map(|&id| (id, self.stats(id)))
+            .collect();
+        self.sink.finish(&live)
+    }
+
+    /// Packets written per interface so far, by key (tests, -v).
+    pub fn written(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.members.iter().map(|m| (m.key.as_str(), m.written))
+    }
+
+    /// How many targets are in the capture now.
+    pub fn live(&self) -> usize {
+        self.by_key.len()
+    }
+}
+
+/// A change that could not be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error(transparent)]
+    Attach(#[from] AttachError),
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+}
