@@ -178,6 +178,19 @@ fn file_sink(opts: &SinkOptions, out: RecordFile) -> Result<Box<dyn Sink>, SinkE
     })
 }
 
+/// The local time of a moment given in seconds since the epoch
+/// (localtime_r(3)), for file names and text timestamps.
+pub(crate) fn local_time(epoch_secs: u64) -> libc::tm {
+    // Typed by localtime_r's parameter: musl's time_t is being retyped.
+    let t = epoch_secs as _;
+    // SAFETY: a zeroed tm is valid; localtime_r gets valid pointers.
+    unsafe {
+        let mut tm: libc::tm = std::mem::zeroed();
+        libc::localtime_r(&t, &mut tm);
+        tm
+    }
+}
+
 /// Now, in nanoseconds since the epoch.
 pub(crate) fn now_ns() -> u64 {
     crate::ring::Clock::now_wall().as_nanos() as u64

@@ -162,12 +162,9 @@ fn strftime(format: &OsStr, time: Duration) -> OsString {
     let Ok(cfmt) = std::ffi::CString::new(format.as_bytes()) else {
         return format.to_owned();
     };
-    let secs = time.as_secs() as libc::time_t;
-    // SAFETY: zeroed tm is valid; localtime_r and strftime get valid pointers
-    // and the buffer's real size.
+    let tm = super::local_time(time.as_secs());
+    // SAFETY: strftime gets valid pointers and the buffer's real size.
     unsafe {
-        let mut tm: libc::tm = std::mem::zeroed();
-        libc::localtime_r(&secs, &mut tm);
         let mut buf = vec![0u8; 4096];
         let n = libc::strftime(buf.as_mut_ptr().cast(), buf.len(), cfmt.as_ptr(), &tm);
         buf.truncate(n);

@@ -284,13 +284,7 @@ impl Line<'_> {
 
 /// Seconds since local midnight, as tcpdump prints times.
 fn local_seconds_of_day(epoch_secs: u64) -> u64 {
-    let t = epoch_secs as libc::time_t;
-    // SAFETY: zeroed tm is valid; localtime_r gets valid pointers.
-    let tm = unsafe {
-        let mut tm: libc::tm = std::mem::zeroed();
-        libc::localtime_r(&t, &mut tm);
-        tm
-    };
+    let tm = super::local_time(epoch_secs);
     (tm.tm_hour * 3600 + tm.tm_min * 60 + tm.tm_sec) as u64
 }
 
