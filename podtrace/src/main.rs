@@ -53,6 +53,9 @@ fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
             if let StopReason::TargetGone(what) = &summary.reason {
                 eprintln!("podtrace: {what}");
             }
+            for note in &summary.notes {
+                eprintln!("podtrace: {note}");
+            }
             eprintln!("{}", summary.line());
             Ok(ExitCode::SUCCESS)
         }
