@@ -60,7 +60,7 @@ fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Pods(args) => {
-            print_out(&runtime.block_on(args.run())?)?;
+            print_out(&runtime.block_on(args.run(cli.verbose > 0))?)?;
             Ok(ExitCode::SUCCESS)
         }
     }

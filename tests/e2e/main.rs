@@ -17,6 +17,7 @@ mod hardening;
 mod node;
 mod output;
 mod pods;
+mod redirect;
 mod text;
 mod workload;
 
@@ -210,6 +211,22 @@ const TESTS: &[(&str, TestFn)] = &[
     (
         "capture_ring::small_ring_wraps_records_intact",
         capture_ring::small_ring_wraps_records_intact,
+    ),
+    (
+        "redirect::detected_and_counted",
+        redirect::detected_and_counted,
+    ),
+    (
+        "redirect::fallback_captures_every_packet_once",
+        redirect::fallback_captures_every_packet_once,
+    ),
+    (
+        "redirect::auto_moves_to_eth0_while_traffic_flows",
+        redirect::auto_moves_to_eth0_while_traffic_flows,
+    ),
+    (
+        "redirect::no_redirect_no_warning_no_duplicates",
+        redirect::no_redirect_no_warning_no_duplicates,
     ),
 ];
 

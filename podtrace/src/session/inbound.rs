@@ -195,10 +195,12 @@ impl<A: Attacher> Session<A> {
             Ok(counts) => counts.skipped(),
             Err(_) => 0,
         };
+        // Its CNI redirected before: so it does for the other pods too.
+        self.redirects_seen |= history > 0;
         let eth0 = match self.opts.fallback {
             Fallback::Always => true,
             Fallback::Never => false,
-            Fallback::Auto => self.redirects_seen || history > 0,
+            Fallback::Auto => self.redirects_seen,
         };
         Some(Plan {
             netns,
@@ -227,15 +229,16 @@ impl<A: Attacher> Session<A> {
         match self.attacher.hook_eth0(link, &plan.netns) {
             Ok(eth0) => {
                 crate::verbose(format_args!(
-                    "{}: what it receives is taken at its eth0 (ifindex {eth0} in the pod){}",
+                    "{}: hooks: {}the ingress of its eth0 inside the pod (ifindex {eth0} there: what it receives), because {}",
                     target.label,
+                    sends_at(link, hooks),
                     match (self.opts.fallback, plan.history) {
-                        (Fallback::Always, _) => " (--redirect-fallback always)".to_string(),
+                        (Fallback::Always, _) => "of --redirect-fallback always".to_string(),
                         (_, 0) => format!(
-                            " (packets skipped the host veth of another pod: {CAUSE})"
+                            "another pod's packets skipped its host veth ({CAUSE})"
                         ),
                         (_, n) => format!(
-                            " ({n} packet(s) reached it without crossing host veth {} before this capture: {CAUSE})",
+                            "{n} packet(s) reached it without crossing host veth {} before this capture ({CAUSE})",
                             link.name
                         ),
                     }
@@ -286,9 +289,14 @@ impl<A: Attacher> Session<A> {
             (self.opts.fallback == Fallback::Never).then(|| "--redirect-fallback never".into())
         });
         if matches!(taken, Taken::Veth) {
+            let hooks = crate::attach::Hooks::for_direction(
+                self.opts.direction,
+                target.link.peer_is_target,
+            );
             crate::verbose(format_args!(
-                "{}: what it receives is taken at host veth {}'s egress; its counters are compared with its eth0's {} times a second",
+                "{}: hooks: {}host veth {}'s egress (what it receives); the veth's counters are compared with its eth0's {} times a second for packets that skip the veth",
                 target.label,
+                sends_at(&target.link, hooks),
                 target.link.name,
                 1000 / CHECK_EVERY.as_millis()
             ));
@@ -452,6 +460,15 @@ impl<A: Attacher> Session<A> {
     /// Warnings and notices to show now, each one line.
     pub fn take_notes(&mut self) -> Vec<String> {
         std::mem::take(&mut self.notes)
+    }
+}
+
+/// "host veth X's ingress (what it sends), " when that hook is attached.
+fn sends_at(link: &HostLink, hooks: crate::attach::Hooks) -> String {
+    if hooks.ingress {
+        format!("host veth {}'s ingress (what it sends), ", link.name)
+    } else {
+        String::new()
     }
 }
 
