@@ -283,8 +283,17 @@ struct TestRunAttr {
 /// the mean run time in ns. For tests and benchmarks; nothing is sent.
 pub fn test_run(prog: &SchedClassifier, packet: &[u8], repeat: u32) -> io::Result<(i32, u32)> {
     let fd = prog.fd().map_err(io::Error::other)?;
+    test_run_fd(fd.as_fd(), packet, repeat)
+}
+
+/// [`test_run`] for a program known by its fd.
+pub(super) fn test_run_fd(
+    prog: BorrowedFd<'_>,
+    packet: &[u8],
+    repeat: u32,
+) -> io::Result<(i32, u32)> {
     let mut attr = TestRunAttr {
-        prog_fd: fd.as_fd().as_raw_fd() as u32,
+        prog_fd: prog.as_raw_fd() as u32,
         data_size_in: packet.len() as u32,
         data_in: packet.as_ptr() as u64,
         repeat,

@@ -18,6 +18,7 @@ mod first_packet;
 mod hook_mover;
 mod iperf;
 mod procs;
+mod redirect;
 mod report;
 mod tcp_switch;
 mod throughput;
@@ -75,7 +76,7 @@ pub struct Options {
 }
 
 /// The sections `--only` picks from, in the order they run.
-pub const SECTIONS: [&str; 8] = [
+pub const SECTIONS: [&str; 9] = [
     "tcp",
     "udp",
     "small-buffers",
@@ -84,6 +85,7 @@ pub const SECTIONS: [&str; 8] = [
     "filter-switch",
     "filter-udp",
     "first-packet",
+    "redirect",
 ];
 
 impl Options {
@@ -209,6 +211,10 @@ pub fn run(opts: &Options) -> Result<String> {
     if opts.runs("first-packet") {
         eprintln!("bench: time to first packet");
         bench.first_packet(&mut report)?;
+    }
+    if opts.runs("redirect") {
+        eprintln!("bench: packets that skip the host veth: detection, the eth0 hook");
+        bench.redirect(&mut report.redirect)?;
     }
 
     report.commands = std::mem::take(&mut bench.commands);

@@ -22,6 +22,7 @@ pub struct Report {
     pub small: HashMap<Tool, Vec<RunResult>>,
     pub first_packet: HashMap<FirstPacket, Vec<Duration>>,
     pub filters: FilterResults,
+    pub redirect: super::redirect::Results,
     pub commands: Vec<(String, String)>,
     pub retried: usize,
 }
@@ -94,6 +95,7 @@ pub fn row_labels() -> Vec<String> {
     rows.extend([Tool::Tcpdump, Tool::Podtrace].map(small_label));
     rows.extend(FirstPacket::ALL.map(|w| first_packet_label(w).to_owned()));
     rows.extend(filters::row_labels());
+    rows.extend(super::redirect::row_labels());
     rows.extend(GOALS.map(String::from));
     rows
 }
@@ -180,6 +182,7 @@ impl Report {
             small: HashMap::new(),
             first_packet: HashMap::new(),
             filters: FilterResults::default(),
+            redirect: Default::default(),
             commands: Vec::new(),
             retried: 0,
         }
@@ -256,6 +259,7 @@ impl Report {
         self.small_table(&mut o);
         self.first_packet_table(&mut o);
         self.filters.render(&mut o, self.plan);
+        super::redirect::render(&self.redirect, self.plan, &mut o);
         self.goals(&mut o);
         let _ = write!(o, "\n{}", include_str!("notes.md"));
         o
