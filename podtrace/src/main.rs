@@ -36,7 +36,7 @@ fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Capture(args) => {
-            preflight::check()?;
+            preflight::check(preflight_reach(&args))?;
             let plan = runtime.block_on(args.plan(cli.verbose > 0))?;
             let start_line = cli::StartLine::new(&plan);
             let cli::Plan { capture, start, .. } = plan;
@@ -63,6 +63,20 @@ fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
             print_out(&runtime.block_on(args.run(cli.verbose > 0))?)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Agent(args) => {
+            runtime.block_on(args.run())?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Whether the capture reads other processes' `/proc/PID` (CAP_SYS_PTRACE).
+fn preflight_reach(args: &cli::CaptureArgs) -> preflight::Reach {
+    let bind_mounted_netns = args.netns.as_ref().is_some_and(|p| !p.starts_with("/proc"));
+    if args.iface.is_some() || bind_mounted_netns {
+        preflight::Reach::Interface
+    } else {
+        preflight::Reach::Processes
     }
 }
 

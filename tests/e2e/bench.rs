@@ -109,6 +109,9 @@ const POSITIVE: &[&str] = &[
     "A / B, mean of batches",
     "seconds",
     "batches",
+    "podtrace CPU ns per packet",
+    "pods",
+    "max ms",
 ];
 
 /// Columns a measured row must fill with a number, zero allowed (a count

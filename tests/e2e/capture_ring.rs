@@ -89,14 +89,20 @@ pub fn small_ring_wraps_records_intact() -> Result<()> {
         missing == lost,
         "{missing} datagrams missing from the file, {lost} reported lost"
     );
-    // Losing a few to a full ring is allowed (and counted); losing many
-    // would mean the test no longer exercises wrapping under a steady load.
+    // Losing some to a full ring is allowed (and counted: a busy machine
+    // starves the reader); what matters is that records wrapped the ring
+    // many times over. 0 lost in 7 quiet runs, 42 once under a load of 5.
+    let ring_bytes: usize = packets.iter().map(|p| p.data.len() + RECORD_OVERHEAD).sum();
     ensure!(
-        lost * 100 <= u64::from(DATAGRAMS),
-        "{lost} of {DATAGRAMS} lost: more than 1%"
+        ring_bytes >= 20 * 64 * 1024,
+        "only {ring_bytes} bytes of records went through the 64 KiB ring ({lost} datagrams lost)"
     );
     assert_released(&done, &net.host_if)
 }
+
+/// Bytes a record takes in the ring besides the packet: the kernel's
+/// record header and podtrace's, at least.
+const RECORD_OVERHEAD: usize = 8 + podtrace_common::RECORD_HEADER_LEN;
 
 /// Ethernet, IPv4 without options, UDP.
 const UDP_PAYLOAD: usize = 14 + 20 + 8;

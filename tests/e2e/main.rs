@@ -5,10 +5,12 @@
 //! every test fails with the reason, wherever it runs: a test that cannot
 //! run never passes, and is never quietly ignored.
 
+mod agent;
 mod bench;
 mod capture;
 mod capture_ring;
 mod coexist;
+mod dist;
 mod errors;
 mod files;
 mod filter;
@@ -212,6 +214,40 @@ const TESTS: &[(&str, TestFn)] = &[
         "capture_ring::small_ring_wraps_records_intact",
         capture_ring::small_ring_wraps_records_intact,
     ),
+    ("dist::binary_is_static", dist::binary_is_static),
+    ("dist::chroot_captures_a_veth", dist::chroot_captures_a_veth),
+    (
+        "dist::image_imports_into_containerd",
+        dist::image_imports_into_containerd,
+    ),
+    (
+        "agent::deploy_manifests_agree",
+        agent::deploy_manifests_agree,
+    ),
+    (
+        "agent::pod_manifest_captures_its_neighbour",
+        agent::pod_manifest_captures_its_neighbour,
+    ),
+    (
+        "agent::each_documented_capability_is_needed",
+        agent::each_documented_capability_is_needed,
+    ),
+    (
+        "agent::missing_host_pid_is_named",
+        agent::missing_host_pid_is_named,
+    ),
+    (
+        "agent::unmounted_socket_is_named",
+        agent::unmounted_socket_is_named,
+    ),
+    (
+        "agent::kubectl_debug_layout_finds_the_socket_under_host",
+        agent::kubectl_debug_layout_finds_the_socket_under_host,
+    ),
+    (
+        "agent::daemonset_agent_captures_through_exec",
+        agent::daemonset_agent_captures_through_exec,
+    ),
     (
         "redirect::detected_and_counted",
         redirect::detected_and_counted,
@@ -248,6 +284,9 @@ const TOOLS: &[&str] = &[
     "nsenter",
     "script",
     "setpriv",
+    "file",
+    "unshare",
+    "chroot",
     "iperf3",
     "ss",
     "taskset",

@@ -314,6 +314,18 @@ pub fn pod_errors() -> Result<()> {
     ])?;
     expect_error(&done, 1, "/nonexistent/cri.sock does not exist")?;
 
+    // Issue 15: a regular file is not "connection refused".
+    let dir = tempdir()?;
+    let file = dir.path().join("cri.sock");
+    std::fs::write(&file, "")?;
+    let done = run::run(&[
+        "capture",
+        "web4",
+        "--runtime-endpoint",
+        file.to_str().unwrap(),
+    ])?;
+    expect_error(&done, 1, "cri.sock is not a socket: it is a regular file")?;
+
     // `podtrace pods` needs no eBPF, so an unprivileged user gets as far as the socket.
     let done = run::run_unprivileged(&["pods", "--runtime-endpoint", &ep])?;
     expect_error(&done, 1, "permission denied on container runtime socket")?;

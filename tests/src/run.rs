@@ -158,6 +158,12 @@ impl Capture {
         Ok(Self::spawn(wrapper, args, false)?.0)
     }
 
+    /// Like [`start`](Self::start) for a command that ends up exec'ing podtrace in its own
+    /// process (`unshare … chroot DIR /podtrace …`), so the pid is podtrace's.
+    pub fn start_command(command: Command) -> Result<Self> {
+        Ok(Self::spawn_command(command, false)?.0)
+    }
+
     /// Like [`start`](Self::start), but hands podtrace's stdout to the caller
     /// (a live `-w -` stream).
     pub fn start_streaming(args: &[&str]) -> Result<(Self, ChildStdout)> {
@@ -178,13 +184,20 @@ impl Capture {
                 c
             }
         };
+        command.args(args);
+        Self::spawn_command(command, keep_stdout)
+    }
+
+    fn spawn_command(
+        mut command: Command,
+        keep_stdout: bool,
+    ) -> Result<(Self, Option<ChildStdout>)> {
         let mut child = command
-            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .with_context(|| format!("starting {}", bin().display()))?;
+            .with_context(|| format!("starting {command:?}"))?;
         let (tx, rx) = mpsc::channel();
         let err = child.stderr.take().unwrap();
         thread::spawn(move || {

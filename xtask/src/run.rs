@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use crate::{ebpf, setup};
+use crate::{dist, ebpf, setup};
 
 pub fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -89,8 +89,50 @@ pub fn test(unit_only: bool, filter: &[String]) -> Result<()> {
         "cargo",
         ["test", "-p", "podtrace-tests", "--test", "e2e", "--"],
     );
+    if runs_dist_tests(filter)? {
+        // The static binary and its image, which the dist and agent tests run (cached).
+        let image = dist::image()?;
+        e2e.env("PODTRACE_DIST_BIN", dist::binary_path())
+            .env("PODTRACE_IMAGE_TAR", image)
+            .env("PODTRACE_IMAGE_NAME", dist::image_name());
+    }
     e2e.args(filter).env("PODTRACE_BIN", podtrace_bin("debug"));
     status(&mut e2e)
+}
+
+/// Whether the end-to-end tests that `filter` selects include those of the static binary and
+/// the image (modules `dist` and `agent`), which need them built: asked of the test binary.
+fn runs_dist_tests(filter: &[String]) -> Result<bool> {
+    if filter.is_empty() {
+        return Ok(true);
+    }
+    let mut list = cmd(
+        "cargo",
+        [
+            "test",
+            "-q",
+            "-p",
+            "podtrace-tests",
+            "--test",
+            "e2e",
+            "--",
+            "--list",
+        ],
+    );
+    let out = list
+        .args(filter)
+        .output()
+        .context("listing the e2e tests")?;
+    if !out.status.success() {
+        bail!(
+            "listing the e2e tests failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.ends_with(": test"))
+        .any(|l| l.starts_with("dist::") || l.starts_with("agent::")))
 }
 
 pub fn demo() -> Result<()> {

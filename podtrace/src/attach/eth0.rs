@@ -72,7 +72,12 @@ impl Programs {
             .ok_or_else(|| fail("its host link has no counters".into()))?;
         let path = PodPath::of_in(link.ifindex, netns).map_err(|e| fail(error_chain(&e)))?;
         self.prepare_eth0()?;
-        let insns = stub(link.ifindex, slot, self.map_fd("POD_LINK")?, self.map_fd("CAPTURE")?);
+        let insns = stub(
+            link.ifindex,
+            slot,
+            self.map_fd("POD_LINK")?,
+            self.map_fd("CAPTURE")?,
+        );
         let stub = native::prog_load(&insns, STUB_NAME).map_err(fail)?;
         let tcx = in_netns(netns, || tcx_link_create(stub.as_fd(), path.eth0))
             .map_err(|e| fail(e.to_string()))?;
@@ -174,7 +179,12 @@ impl Programs {
             .slot(ifindex)
             .ok_or(AttachError::Missing("the link's counters"))?;
         self.prepare_eth0()?;
-        let insns = stub(ifindex, slot, self.map_fd("POD_LINK")?, self.map_fd("CAPTURE")?);
+        let insns = stub(
+            ifindex,
+            slot,
+            self.map_fd("POD_LINK")?,
+            self.map_fd("CAPTURE")?,
+        );
         let fail = |reason: String| AttachError::Attach {
             iface: format!("ifindex {ifindex}"),
             hook: "test run",
@@ -282,7 +292,14 @@ fn in_netns<T: Send>(netns: &Path, f: impl FnOnce() -> io::Result<T> + Send) -> 
     let enter = |ns: &File| {
         // SAFETY: setns on an open namespace file; affects this thread only.
         if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            return Err(io::Error::last_os_error());
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EPERM) {
+                return Err(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    "entering the pod's network namespace (setns) needs CAP_SYS_ADMIN",
+                ));
+            }
+            return Err(e);
         }
         Ok(())
     };

@@ -1,5 +1,6 @@
 //! Command-line arguments (clap) and their resolution into a capture plan.
 
+mod agent;
 mod plan;
 mod pods;
 
@@ -42,6 +43,9 @@ pub enum Command {
     Capture(Box<CaptureArgs>),
     /// List the pods on this node with their IP and host veth.
     Pods(PodsArgs),
+    /// Check that captures can work here, then wait for SIGTERM (a DaemonSet's process;
+    /// captures run in its container with kubectl exec).
+    Agent(agent::AgentArgs),
 }
 
 #[derive(Debug, Args)]

@@ -16,7 +16,16 @@ fn capture(args: &[&str]) -> Result<CaptureArgs, clap::Error> {
     let cli = Cli::try_parse_from(["podtrace", "capture"].iter().chain(args))?;
     match cli.command {
         Command::Capture(c) => Ok(*c),
-        Command::Pods(_) => unreachable!(),
+        Command::Pods(_) | Command::Agent(_) => unreachable!(),
+    }
+}
+
+#[test]
+fn agent_takes_the_runtime_endpoint() {
+    let cli = Cli::try_parse_from(["podtrace", "agent", "--runtime-endpoint", "/x.sock"]).unwrap();
+    match cli.command {
+        Command::Agent(a) => assert_eq!(a.runtime.runtime_endpoint.as_deref(), Some("/x.sock")),
+        _ => panic!("not the agent"),
     }
 }
 

@@ -25,7 +25,7 @@ mod select;
 use std::{collections::HashMap, fmt};
 
 pub use cri::{CriApi, RuntimeClient};
-pub use endpoint::{connect, DEFAULT_ENDPOINTS, ENDPOINT_ENV};
+pub use endpoint::{connect, default_endpoints, DEFAULT_ENDPOINTS, ENDPOINT_ENV, HOST_ROOT};
 pub use labels::{LabelSelector, SelectorError};
 pub use query::PodQuery;
 
@@ -52,14 +52,26 @@ pub enum TargetError {
     #[error("unsupported runtime endpoint {0:?}: use unix:///path/to/socket or /path/to/socket")]
     InvalidEndpoint(String),
     /// None of the default sockets belongs to a CRI runtime.
-    #[error("no container runtime found: tried {tried}; use --runtime-endpoint")]
+    #[error("no container runtime found: {tried}; name the socket with --runtime-endpoint, or, in a pod, mount the node's runtime socket (a hostPath volume, see deploy/)")]
     NoRuntime {
-        /// Each endpoint tried, with why it was not usable.
+        /// The sockets that do not exist, and each other endpoint with why it was not usable.
         tried: String,
     },
     /// The socket file does not exist.
     #[error("container runtime socket {0} does not exist")]
     SocketMissing(String),
+    /// Something else than a socket is at the endpoint's path.
+    #[error("container runtime endpoint {path} is not a socket: it is {kind}")]
+    NotASocket {
+        /// The path.
+        path: String,
+        /// What it is instead: "a regular file", "a directory".
+        kind: &'static str,
+    },
+    /// The runtime runs in another PID namespace than podtrace, so the pods' pids it reports
+    /// are not podtrace's.
+    #[error("the container runtime at {0} runs in another PID namespace than podtrace, so the pods' pids it reports are not podtrace's: run podtrace in the node's PID namespace (hostPID: true in a pod)")]
+    RuntimePidNamespace(String),
     /// The socket exists but may not be opened by this user.
     #[error("permission denied on container runtime socket {0}: run podtrace as root")]
     PermissionDenied(String),
@@ -148,6 +160,8 @@ impl TargetError {
             | T::HostNetwork { .. } => true,
             T::NoRuntime { .. }
             | T::SocketMissing(_)
+            | T::NotASocket { .. }
+            | T::RuntimePidNamespace(_)
             | T::PermissionDenied(_)
             | T::Connect { .. }
             | T::NotCri { .. }

@@ -22,6 +22,7 @@ mod redirect;
 mod report;
 mod tcp_switch;
 mod throughput;
+mod workload;
 
 use std::{
     path::PathBuf,
@@ -76,7 +77,7 @@ pub struct Options {
 }
 
 /// The sections `--only` picks from, in the order they run.
-pub const SECTIONS: [&str; 9] = [
+pub const SECTIONS: [&str; 10] = [
     "tcp",
     "udp",
     "small-buffers",
@@ -85,6 +86,7 @@ pub const SECTIONS: [&str; 9] = [
     "filter-switch",
     "filter-udp",
     "first-packet",
+    "workload",
     "redirect",
 ];
 
@@ -215,6 +217,11 @@ pub fn run(opts: &Options) -> Result<String> {
     if opts.runs("redirect") {
         eprintln!("bench: packets that skip the host veth: detection, the eth0 hook");
         bench.redirect(&mut report.redirect)?;
+    }
+
+    if opts.runs("workload") {
+        eprintln!("bench: workload capture (a node of 50 pods)");
+        workload::run(&opts.podtrace, plan, &mut report.workload)?;
     }
 
     report.commands = std::mem::take(&mut bench.commands);

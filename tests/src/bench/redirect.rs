@@ -1,13 +1,13 @@
-//! Section 6 (issue 18): what watching for packets that skip a pod's host
+//! Section 7 (issue 18): what watching for packets that skip a pod's host
 //! veth costs, and what the hook at a pod's own eth0 costs.
 //!
-//! - 6a: the kernel's cost per packet of each hook, without traffic
+//! - 7a: the kernel's cost per packet of each hook, without traffic
 //!   (BPF_PROG_TEST_RUN on one 64-byte UDP frame, as table 5c): the host
 //!   veth's egress program, against the eth0 hook (its per-pod stub, a tail
 //!   call, the same capture).
-//! - 6b: one comparison of a pod's counters (two rtnetlink requests), the
+//! - 7b: one comparison of a pod's counters (two rtnetlink requests), the
 //!   whole of detection: nothing runs per packet.
-//! - 6c: a UDP 64 B flood into the benchmark's namespace with podtrace
+//! - 7c: a UDP 64 B flood into the benchmark's namespace with podtrace
 //!   capturing it as a host interface (`-i`, no detection), as a namespace
 //!   (`--netns`, detection on), and with what it receives taken at its eth0
 //!   (`--redirect-fallback always`); and with another namespace's eth0
@@ -36,14 +36,14 @@ use crate::netns::TestNet;
 /// quick run. The ring holds every record of a measurement.
 const REPEAT: u32 = 100_000;
 const ROUNDS: usize = 5;
-/// Counter comparisons timed for 6b.
+/// Counter comparisons timed for 7b.
 const CHECKS: u32 = 2_000;
-/// Datagram size of 6c's flood.
+/// Datagram size of 7c's flood.
 const FLOOD_LEN: u32 = 64;
 /// Where BPF_PROG_TEST_RUN says a packet came in.
 const LOOPBACK_IFINDEX: u32 = 1;
 
-/// The setups of 6c.
+/// The setups of 7c.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Setup {
     Nothing,
@@ -77,7 +77,7 @@ impl Setup {
     }
 }
 
-/// One 6c run.
+/// One 7c run.
 #[derive(Debug, Clone, Copy)]
 pub struct Flood {
     pub received_kpps: f64,
@@ -86,25 +86,25 @@ pub struct Flood {
     pub cpu_s_per_mpkt: Option<f64>,
 }
 
-/// Section 6's measurements.
+/// Section 7's measurements.
 #[derive(Debug, Clone, Default)]
 pub struct Results {
     pub measured: bool,
     pub quick: bool,
-    /// 6a: (label, ns per packet).
+    /// 7a: (label, ns per packet).
     pub hooks: Vec<(String, u32)>,
-    /// 6b: µs per comparison of one pod's counters.
+    /// 7b: µs per comparison of one pod's counters.
     pub check_us: Option<f64>,
     pub floods: HashMap<Setup, Vec<Flood>>,
 }
 
-/// 6a's rows.
+/// 7a's rows.
 const VETH_EGRESS: &str = "host veth egress: podtrace_egress";
 const ETH0_HOOK: &str = "pod's eth0: stub + tail call + podtrace_eth0";
-/// 6b's row.
+/// 7b's row.
 const CHECK: &str = "comparing one pod's counters (eth0 rx, veth tx)";
 
-/// Every row label of section 6.
+/// Every row label of section 7.
 pub fn row_labels() -> Vec<String> {
     let mut rows: Vec<String> = vec![VETH_EGRESS.into(), ETH0_HOOK.into(), CHECK.into()];
     rows.extend(Setup::ALL.map(|s| s.label().to_owned()));
@@ -157,7 +157,7 @@ fn hook_cost(eth0: bool, repeat: u32, rounds: usize) -> Result<u32> {
 }
 
 impl Bench<'_> {
-    /// Section 6.
+    /// Section 7.
     pub(super) fn redirect(&mut self, out: &mut Results) -> Result<()> {
         out.measured = true;
         out.quick = self.opts.quick;
@@ -267,7 +267,7 @@ impl Bench<'_> {
     }
 }
 
-/// Section 6's tables.
+/// Section 7's tables.
 pub fn render(r: &Results, plan: Plan, o: &mut String) {
     if !r.measured {
         return;
@@ -279,12 +279,12 @@ pub fn render(r: &Results, plan: Plan, o: &mut String) {
     };
     let _ = writeln!(
         o,
-        "\n## 6. Packets that skip the host veth (issue 18)\n\n\
+        "\n## 7. Packets that skip the host veth (issue 18)\n\n\
          A CNI that delivers packets straight into a pod's eth0 (Cilium's bpf_redirect_peer) \
          bypasses the host veth's egress hook. podtrace compares the pod's eth0 rx count with \
          the veth's tx count every 250 ms (detection: nothing runs per packet), and takes what \
          such a pod receives at a TCX hook on its eth0 instead.\n\n\
-         ### 6a. Kernel cost per packet of each hook (BPF_PROG_TEST_RUN, no traffic)\n\n\
+         ### 7a. Kernel cost per packet of each hook (BPF_PROG_TEST_RUN, no traffic)\n\n\
          Each program run {repeat} times in a row by the kernel on one 64-byte UDP frame, \
          copied to the ring (-s {UDP_SNAPLEN}); lowest mean of {rounds} measurement(s). \
          Includes BPF_PROG_TEST_RUN's own per-run cost.\n\n\
@@ -295,7 +295,7 @@ pub fn render(r: &Results, plan: Plan, o: &mut String) {
     }
     let _ = writeln!(
         o,
-        "\n### 6b. Detection\n\n\
+        "\n### 7b. Detection\n\n\
          Two RTM_GETLINK requests over one netlink socket (the pod's eth0 through \
          IFLA_TARGET_NETNSID, then the host veth), timed in-process on the benchmark's \
          namespace; podtrace makes one comparison per watched pod every 250 ms, and none once \
@@ -307,7 +307,7 @@ pub fn render(r: &Results, plan: Plan, o: &mut String) {
     }
     let _ = writeln!(
         o,
-        "\n### 6c. UDP {FLOOD_LEN} B flood into the pod ({} s, 1 sender unthrottled, -s {UDP_SNAPLEN}, {} run(s) each)\n\n\
+        "\n### 7c. UDP {FLOOD_LEN} B flood into the pod ({} s, 1 sender unthrottled, -s {UDP_SNAPLEN}, {} run(s) each)\n\n\
          The namespace is the pod: the flood crosses its host veth's egress, then its eth0's \
          ingress. The last row hooks another namespace's eth0 and captures nothing of this \
          traffic: what a pod's eth0 hook costs the rest of the node.\n\n\

@@ -34,6 +34,7 @@ mod containerd;
 mod footprint;
 mod images;
 mod kubelet;
+pub mod manifest;
 mod net;
 mod pod;
 mod remains;
@@ -47,7 +48,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
-pub use pod::{ExecOutput, HostVeth, Pod, PodSpec};
+pub use pod::{ExecOutput, HostVeth, Mount, Pod, PodSpec, Security};
 pub use remains::{PodTrace, Trace};
 
 use containerd::Cri;
@@ -182,6 +183,43 @@ impl Node {
             t0.elapsed()
         ));
         Ok(pod)
+    }
+
+    /// Imports an image archive into the node's containerd (`ctr images import`, namespace
+    /// `k8s.io`, where the CRI plugin looks), as an operator loads an image onto a node.
+    ///
+    /// # Errors
+    ///
+    /// `ctr` failing.
+    pub fn import_image(&self, archive: &Path) -> Result<()> {
+        self.cri()?;
+        containerd::import(&self.fp.socket(), archive)
+    }
+
+    /// The id of an image as CRI `ImageStatus` reports it, `None` when the node lacks it.
+    ///
+    /// # Errors
+    ///
+    /// The CRI call failing.
+    pub fn image_id(&self, name: &str) -> Result<Option<String>> {
+        let cri = self.cri()?;
+        let request = k8s_cri::v1::ImageStatusRequest {
+            image: Some(k8s_cri::v1::ImageSpec {
+                image: name.to_string(),
+                ..Default::default()
+            }),
+            verbose: false,
+        };
+        let reply = cri
+            .block_on(async { cri.images().image_status(request).await })
+            .context("ImageStatus")?
+            .into_inner();
+        Ok(reply.image.map(|i| i.id))
+    }
+
+    /// The node's containerd socket (for a hostPath mount of it).
+    pub fn socket(&self) -> PathBuf {
+        self.fp.socket()
     }
 
     /// Deletes a pod as kubelet does (stop container with timeout 0, remove it, stop and
