@@ -9,6 +9,12 @@
 pub const HOOK_INGRESS: u8 = 0;
 /// See [`HOOK_INGRESS`].
 pub const HOOK_EGRESS: u8 = 1;
+/// The ingress of the pod's own `eth0`, inside its network namespace: what
+/// the pod receives, when a CNI delivers packets there without crossing the
+/// host end of the veth (Cilium's `bpf_redirect_peer`). The record's
+/// `ifindex` is then the host link's, not eth0's (which lives in another
+/// namespace and may equal any host ifindex).
+pub const HOOK_ETH0_INGRESS: u8 = 2;
 
 /// Header of every ring record; `cap_len` packet bytes follow it directly.
 #[repr(C)]
@@ -22,7 +28,7 @@ pub struct RecordHeader {
     pub orig_len: u32,
     /// Number of packet bytes that follow this header.
     pub cap_len: u32,
-    /// [`HOOK_INGRESS`] or [`HOOK_EGRESS`].
+    /// [`HOOK_INGRESS`], [`HOOK_EGRESS`] or [`HOOK_ETH0_INGRESS`].
     pub hook: u8,
     pub _pad: [u8; 3],
 }
@@ -71,6 +77,17 @@ pub const CAPTURE_SLOT_INGRESS: u32 = 0;
 pub const CAPTURE_SLOT_EGRESS: u32 = 1;
 /// See [`CAPTURE_SLOT_INGRESS`].
 pub const CAPTURE_SLOT_REJECTED: u32 = 2;
+/// The capture program of a pod's eth0 hook, and the one that counts what
+/// a translated filter rejects there: the packet's link comes from
+/// `POD_LINK`, not from its ifindex.
+pub const CAPTURE_SLOT_ETH0: u32 = 3;
+/// See [`CAPTURE_SLOT_ETH0`].
+pub const CAPTURE_SLOT_ETH0_REJECTED: u32 = 4;
+/// Where a pod's eth0 hook goes first: the translated filter for that hook,
+/// or [`CAPTURE_SLOT_ETH0`]'s program itself when there is none.
+pub const CAPTURE_SLOT_ETH0_ENTRY: u32 = 5;
+/// Slots of `CAPTURE`.
+pub const CAPTURE_SLOTS: u32 = 6;
 
 /// One classic-BPF instruction, laid out like libpcap's `struct bpf_insn`
 /// (and the kernel's `struct sock_filter`), so a compiled filter is copied

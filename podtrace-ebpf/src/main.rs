@@ -24,6 +24,13 @@
 //! array lookup by ifindex per packet (`slot_of`). A translated filter
 //! counts what it rejects through a tail call into `podtrace_rejected`.
 //!
+//! A pod whose CNI delivers packets straight into its eth0 (Cilium's
+//! `bpf_redirect_peer`), past the host end of its veth, gets a third hook:
+//! `podtrace_eth0` at the ingress of its eth0, inside its namespace. Its
+//! ifindex there means nothing on the host, so a small stub that userspace
+//! loads per pod writes the pod's host link and counter slot to `POD_LINK`
+//! and tail-calls it (through `CAPTURE`).
+//!
 //! The programs never change the verdict: they always return `TCX_NEXT`, which
 //! continues the TCX chain and legacy direct-action filters alike (TC_ACT_OK
 //! or TC_ACT_PIPE would end the TCX chain and hide programs attached after us).
@@ -42,8 +49,9 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use podtrace_common::{
-    LinkSlot, RecordHeader, COUNTERS_LEN, COUNTER_FILTERED, COUNTER_LOST, COUNTER_PASSED,
-    HOOK_EGRESS, HOOK_INGRESS, LINK_TABLE_LEN, MAX_CAPLEN, RECORD_HEADER_LEN, SLOT_UNATTRIBUTED,
+    LinkSlot, RecordHeader, CAPTURE_SLOTS, COUNTERS_LEN, COUNTER_FILTERED, COUNTER_LOST,
+    COUNTER_PASSED, HOOK_EGRESS, HOOK_ETH0_INGRESS, HOOK_INGRESS, LINK_TABLE_LEN, MAX_CAPLEN,
+    RECORD_HEADER_LEN, SLOT_UNATTRIBUTED,
 };
 
 /// Bytes of each packet to copy; set by the loader (`-s`).
@@ -79,10 +87,17 @@ static LINK_SLOTS: Array<LinkSlot> = Array::with_max_entries(LINK_TABLE_LEN, 0);
 static LINK_SLOTS_MORE: HashMap<u32, u32> = HashMap::with_max_entries(1, 0);
 
 /// The capture programs by hook and `podtrace_rejected`, for a translated
-/// filter to tail-call (see podtrace-common's `CAPTURE_SLOT_*`). Filled by
-/// the loader; unused by these programs themselves.
+/// filter or a pod's eth0 stub to tail-call (see podtrace-common's
+/// `CAPTURE_SLOT_*`). Filled by the loader; unused by these programs
+/// themselves.
 #[map]
-static CAPTURE: ProgramArray = ProgramArray::with_max_entries(3, 0);
+static CAPTURE: ProgramArray = ProgramArray::with_max_entries(CAPTURE_SLOTS, 0);
+
+/// The host link and counter slot of the pod whose eth0 hook runs: written
+/// by the pod's stub just before it tail-calls `podtrace_eth0`, read in the
+/// same run on the same CPU (TC programs do not nest on one CPU).
+#[map]
+static POD_LINK: PerCpuArray<LinkSlot> = PerCpuArray::with_max_entries(1, 0);
 
 #[classifier]
 pub fn podtrace_ingress(ctx: TcContext) -> i32 {
@@ -101,6 +116,25 @@ pub fn podtrace_egress(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn podtrace_rejected(ctx: TcContext) -> i32 {
     count(slot_of(&ctx), COUNTER_FILTERED);
+    TCX_NEXT
+}
+
+/// What a pod receives, at the ingress of its own eth0; reached only from
+/// the pod's stub (directly, or through a translated filter).
+#[classifier]
+pub fn podtrace_eth0(ctx: TcContext) -> i32 {
+    if let Some(&link) = POD_LINK.get(0) {
+        capture_on(&ctx, HOOK_ETH0_INGRESS, link.ifindex, link.slot);
+    }
+    TCX_NEXT
+}
+
+/// Counts a packet a translated filter rejected at a pod's eth0.
+#[classifier]
+pub fn podtrace_eth0_rejected(_ctx: TcContext) -> i32 {
+    if let Some(link) = POD_LINK.get(0) {
+        count(link.slot, COUNTER_FILTERED);
+    }
     TCX_NEXT
 }
 
@@ -128,6 +162,14 @@ fn count(slot: u32, counter: u32) {
 
 #[inline(always)]
 fn capture(ctx: &TcContext, hook: u8) {
+    // SAFETY: `skb` is the context pointer the kernel gave us.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    capture_on(ctx, hook, ifindex, slot_of(ctx));
+}
+
+/// Captures the packet as one of host link `ifindex`, counted in `slot`.
+#[inline(always)]
+fn capture_on(ctx: &TcContext, hook: u8, ifindex: u32, slot: u32) {
     let len = ctx.len();
     // SAFETY: a read-only global; volatile so the compiler cannot fold the
     // default (the verifier does fold the loader's value).
@@ -138,19 +180,18 @@ fn capture(ctx: &TcContext, hook: u8) {
     } else {
         filter::run(ctx.skb.skb, len, filter_len)
     };
-    let slot = slot_of(ctx);
     if keep == 0 {
         count(slot, COUNTER_FILTERED);
         return;
     }
     count(slot, COUNTER_PASSED);
-    if try_capture(ctx, hook, len, keep).is_err() {
+    if try_capture(ctx, hook, ifindex, len, keep).is_err() {
         count(slot, COUNTER_LOST);
     }
 }
 
 #[inline(always)]
-fn try_capture(ctx: &TcContext, hook: u8, len: u32, keep: u32) -> Result<(), ()> {
+fn try_capture(ctx: &TcContext, hook: u8, ifindex: u32, len: u32, keep: u32) -> Result<(), ()> {
     let skb = ctx.skb.skb;
     // SAFETY: a read-only global, see FILTER_LEN.
     let snaplen = unsafe { core::ptr::read_volatile(&SNAPLEN) };
@@ -163,8 +204,7 @@ fn try_capture(ctx: &TcContext, hook: u8, len: u32, keep: u32) -> Result<(), ()>
     let header = RecordHeader {
         // SAFETY: BPF helper, always valid in program context.
         ts_ns: unsafe { bpf_ktime_get_ns() },
-        // SAFETY: `skb` is the context pointer the kernel gave us.
-        ifindex: unsafe { (*skb).ifindex },
+        ifindex,
         orig_len: len,
         cap_len: n,
         hook,

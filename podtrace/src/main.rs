@@ -53,11 +53,14 @@ fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
             if let StopReason::TargetGone(what) = &summary.reason {
                 eprintln!("podtrace: {what}");
             }
+            for note in &summary.notes {
+                eprintln!("podtrace: {note}");
+            }
             eprintln!("{}", summary.line());
             Ok(ExitCode::SUCCESS)
         }
         Command::Pods(args) => {
-            print_out(&runtime.block_on(args.run())?)?;
+            print_out(&runtime.block_on(args.run(cli.verbose > 0))?)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Agent(args) => {

@@ -72,3 +72,56 @@ pub fn request(msg: RouteNetlinkMessage, kind: Kind) -> io::Result<Vec<RouteNetl
         }
     }
 }
+
+/// A socket kept open for gets asked again and again (a pod's counters,
+/// four times a second): no socket to create and bind per request.
+pub struct Conn {
+    socket: Socket,
+    buf: Vec<u8>,
+    seq: u32,
+}
+
+impl Conn {
+    pub fn open() -> io::Result<Self> {
+        let mut socket = Socket::new(NETLINK_ROUTE)?;
+        socket.bind_auto()?;
+        socket.connect(&SocketAddr::new(0, 0))?;
+        Ok(Self {
+            socket,
+            buf: Vec::with_capacity(32 * 1024),
+            seq: 0,
+        })
+    }
+
+    /// Sends a get request and returns its one reply.
+    pub fn get(&mut self, msg: RouteNetlinkMessage) -> io::Result<RouteNetlinkMessage> {
+        self.seq = self.seq.wrapping_add(1);
+        let mut header = NetlinkHeader::default();
+        header.flags = NLM_F_REQUEST;
+        header.sequence_number = self.seq;
+        let mut packet = NetlinkMessage::new(header, NetlinkPayload::from(msg));
+        packet.finalize();
+        self.buf.clear();
+        self.buf.resize(packet.buffer_len(), 0);
+        packet.serialize(&mut self.buf);
+        self.socket.send(&self.buf, 0)?;
+        loop {
+            self.buf.clear();
+            let n = self.socket.recv(&mut self.buf, 0)?;
+            if n > self.buf.len() {
+                return Err(io::Error::other("rtnetlink reply larger than the buffer"));
+            }
+            let reply = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&self.buf)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+            // A late reply to an earlier request that failed half-way.
+            if reply.header.sequence_number != self.seq {
+                continue;
+            }
+            return match reply.payload {
+                NetlinkPayload::InnerMessage(inner) => Ok(inner),
+                NetlinkPayload::Error(e) if e.code.is_some() => Err(e.to_io()),
+                _ => Err(io::Error::other("unexpected rtnetlink reply")),
+            };
+        }
+    }
+}

@@ -100,6 +100,7 @@ const POSITIVE: &[&str] = &[
     "peak RSS MiB",
     "median ms",
     "ns per packet",
+    "µs per comparison",
     "cBPF instructions",
     "test datagrams sent",
     "crossed the veth",

@@ -19,6 +19,7 @@ mod hardening;
 mod node;
 mod output;
 mod pods;
+mod redirect;
 mod text;
 mod workload;
 
@@ -246,6 +247,22 @@ const TESTS: &[(&str, TestFn)] = &[
     (
         "agent::daemonset_agent_captures_through_exec",
         agent::daemonset_agent_captures_through_exec,
+    ),
+    (
+        "redirect::detected_and_counted",
+        redirect::detected_and_counted,
+    ),
+    (
+        "redirect::fallback_captures_every_packet_once",
+        redirect::fallback_captures_every_packet_once,
+    ),
+    (
+        "redirect::auto_moves_to_eth0_while_traffic_flows",
+        redirect::auto_moves_to_eth0_while_traffic_flows,
+    ),
+    (
+        "redirect::no_redirect_no_warning_no_duplicates",
+        redirect::no_redirect_no_warning_no_duplicates,
     ),
 ];
 

@@ -22,6 +22,11 @@ pub struct Interface {
     pub packets: u64,
     /// Its statistics blocks: (isb_ifrecv, isb_ifdrop, isb_filteraccept).
     pub stats: Vec<(u64, u64, u64)>,
+    /// Their isb_osdrop (packets its pod received past the capture), when
+    /// present.
+    pub osdrop: Vec<Option<u64>>,
+    /// Their comments.
+    pub comments: Vec<String>,
 }
 
 /// One block, in file order: `Packet(interface)` or `Stats(interface)`.
@@ -66,11 +71,15 @@ pub fn read(path: &Path) -> Result<(Vec<Interface>, Vec<Seen>)> {
             Block::InterfaceStatistics(isb) => {
                 let id = isb.interface_id as usize;
                 let (mut recv, mut drop, mut accept) = (None, None, None);
+                let mut osdrop = None;
+                let mut comments = Vec::new();
                 for option in isb.options {
                     match option {
                         InterfaceStatisticsOption::IsbIfRecv(n) => recv = Some(n),
                         InterfaceStatisticsOption::IsbIfDrop(n) => drop = Some(n),
                         InterfaceStatisticsOption::IsbFilterAccept(n) => accept = Some(n),
+                        InterfaceStatisticsOption::IsbOsDrop(n) => osdrop = Some(n),
+                        InterfaceStatisticsOption::Comment(c) => comments.push(c.into_owned()),
                         _ => {}
                     }
                 }
@@ -79,11 +88,12 @@ pub fn read(path: &Path) -> Result<(Vec<Interface>, Vec<Seen>)> {
                     drop.context("isb without isb_ifdrop")?,
                     accept.context("isb without isb_filteraccept")?,
                 );
-                interfaces
+                let iface = interfaces
                     .get_mut(id)
-                    .context("statistics of an undescribed interface")?
-                    .stats
-                    .push(stats);
+                    .context("statistics of an undescribed interface")?;
+                iface.stats.push(stats);
+                iface.osdrop.push(osdrop);
+                iface.comments.extend(comments);
                 order.push(Seen::Stats(id));
             }
             _ => {}

@@ -38,14 +38,36 @@ impl Finished {
         Ok((captured, lost))
     }
 
+    /// Packets that reached pods past their host veth and are not in the
+    /// capture, as the summary line says (0 when it does not mention any).
+    pub fn missed(&self) -> Result<u64> {
+        let line = self.summary_line()?;
+        Ok(match line.split_once(MISSED) {
+            Some((head, _)) => head
+                .rsplit(", ")
+                .next()
+                .and_then(|n| n.parse().ok())
+                .with_context(|| format!("unexpected summary line {line:?}"))?,
+            None => 0,
+        })
+    }
+
+    fn summary_line(&self) -> Result<&str> {
+        self.stderr
+            .lines()
+            .find(|l| l.contains("packets captured"))
+            .with_context(|| format!("no summary line in stderr:\n{}", self.stderr))
+    }
+
     /// (captured, filtered, lost) from the summary line; `filtered` is
     /// `None` when the run had no filter (the line does not mention it).
     pub fn summary_filtered(&self) -> Result<(u64, Option<u64>, u64)> {
-        let line = self
-            .stderr
-            .lines()
-            .find(|l| l.contains("packets captured"))
-            .with_context(|| format!("no summary line in stderr:\n{}", self.stderr))?;
+        let line = self.summary_line()?;
+        // ", N missed (…)" comes last, when there are any.
+        let line = match line.split_once(MISSED) {
+            Some((head, _)) => head.rsplit_once(", ").map_or(head, |(h, _)| h),
+            None => line,
+        };
         let nums: Vec<u64> = line
             .split_whitespace()
             .filter_map(|w| w.trim_end_matches(',').parse().ok())
@@ -68,6 +90,9 @@ impl Finished {
         }
     }
 }
+
+/// How the summary line ends when packets reached pods past their veth.
+const MISSED: &str = " missed (delivered past the host veth)";
 
 /// Runs podtrace to completion (error paths, -c, --duration).
 pub fn run(args: &[&str]) -> Result<Finished> {

@@ -9,7 +9,7 @@ use aya::programs::{
     TcAttachType,
 };
 
-use super::{clsact, AttachError, Hooks, KernelCounters, Programs, TcMode};
+use super::{clsact, eth0::Eth0Hook, AttachError, Hooks, KernelCounters, Programs, TcMode};
 use crate::{error_chain, link::HostLink};
 
 /// One program attached at one hook of a link.
@@ -30,6 +30,8 @@ pub(super) enum Hooked {
 pub(super) struct Attached {
     pub link: HostLink,
     pub hooks: Vec<Hooked>,
+    /// The hook at the pod's own eth0, if it has one.
+    pub eth0: Option<Eth0Hook>,
 }
 
 impl Programs {
@@ -53,6 +55,7 @@ impl Programs {
         let mut attached = Attached {
             link: link.clone(),
             hooks: Vec::new(),
+            eth0: None,
         };
         let mut used = mode;
         for (on, hook) in wanted {
@@ -73,6 +76,23 @@ impl Programs {
         }
         self.attached.insert(link.ifindex, attached);
         self.mode_used = Some(used);
+        Ok(used)
+    }
+
+    /// Attaches the egress hook to a link attached without it (when its
+    /// pod's eth0 could not be hooked instead).
+    pub fn add_egress(&mut self, link: &HostLink, mode: TcMode) -> Result<TcMode, AttachError> {
+        if !self.attached.contains_key(&link.ifindex) {
+            return Err(AttachError::Attach {
+                iface: link.name.clone(),
+                hook: "egress",
+                reason: "the link is not attached".into(),
+            });
+        }
+        let (hooked, used) = self.attach_one(link, TcAttachType::Egress, mode)?;
+        if let Some(attached) = self.attached.get_mut(&link.ifindex) {
+            attached.hooks.push(hooked);
+        }
         Ok(used)
     }
 
@@ -155,27 +175,33 @@ impl Programs {
     /// program of ours runs on it any more.
     fn release(&mut self, attached: Attached) -> KernelCounters {
         let iface = &attached.link.name;
+        // Closing its link detaches the eth0 hook (a pod deleted took it along).
+        drop(attached.eth0);
         for hooked in attached.hooks {
             // The interface may be gone already (pod deleted): nothing to undo.
-            let result = match hooked {
-                Hooked::Tcx { hook, id } => self
-                    .entry(hook)
-                    .map_err(|e| e.to_string())
-                    .and_then(|prog| prog.detach(id).map_err(|e| error_chain(&e))),
-                Hooked::Clsact {
-                    hook,
-                    priority,
-                    handle,
-                    name,
-                } => clsact::remove(attached.link.ifindex, hook, priority, handle, &name)
-                    .map(drop)
-                    .map_err(|e| e.to_string()),
-            };
-            if let Err(e) = result {
+            if let Err(e) = self.release_hook(attached.link.ifindex, hooked) {
                 crate::verbose(format_args!("detach from {iface}: {e}"));
             }
         }
         self.slots.release(attached.link.ifindex)
+    }
+
+    /// Detaches one hook of the link with this ifindex.
+    pub(super) fn release_hook(&mut self, ifindex: u32, hooked: Hooked) -> Result<(), String> {
+        match hooked {
+            Hooked::Tcx { hook, id } => self
+                .entry(hook)
+                .map_err(|e| e.to_string())
+                .and_then(|prog| prog.detach(id).map_err(|e| error_chain(&e))),
+            Hooked::Clsact {
+                hook,
+                priority,
+                handle,
+                name,
+            } => clsact::remove(ifindex, hook, priority, handle, &name)
+                .map(drop)
+                .map_err(|e| e.to_string()),
+        }
     }
 
     /// Detaches every program; safe to call more than once.

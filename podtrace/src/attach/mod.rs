@@ -7,6 +7,7 @@
 //! already there; filters a killed podtrace left behind are removed first.
 
 mod clsact;
+mod eth0;
 mod links;
 mod native;
 mod slots;
@@ -177,6 +178,8 @@ pub struct Programs {
     pub engine_used: Option<FilterEngine>,
     /// How the last attach was done, for -v and tests.
     pub mode_used: Option<TcMode>,
+    /// The eth0 programs are loaded and in `CAPTURE`.
+    eth0_ready: bool,
 }
 
 impl Programs {
@@ -280,6 +283,7 @@ impl Programs {
             filters,
             engine_used,
             mode_used: None,
+            eth0_ready: false,
         })
     }
 

@@ -14,7 +14,10 @@ use aya::{
     programs::{loaded_programs, SchedClassifier},
     Ebpf,
 };
-use podtrace_common::FilterInsn;
+use podtrace_common::{
+    FilterInsn, CAPTURE_SLOT_EGRESS, CAPTURE_SLOT_ETH0, CAPTURE_SLOT_ETH0_REJECTED,
+    CAPTURE_SLOT_INGRESS, CAPTURE_SLOT_REJECTED,
+};
 
 use super::{EGRESS_PROGRAM, INGRESS_PROGRAM, REJECTED_PROGRAM};
 use crate::error_chain;
@@ -25,11 +28,34 @@ pub const KERNEL_NAME: &str = "podtrace_filter";
 /// Names of their cls_bpf filters in clsact mode, by hook.
 pub const INGRESS_NAME: &str = "podtrace_filter_ingress";
 pub const EGRESS_NAME: &str = "podtrace_filter_egress";
+/// The one in front of pods' eth0 hooks (tail-called by their stubs).
+pub const ETH0_NAME: &str = "podtrace_filter_eth0";
 
 /// The translated filter programs, in front of the capture programs.
 pub(super) struct FilterPrograms {
     pub ingress: SchedClassifier,
     pub egress: SchedClassifier,
+    /// Translated when a pod's eth0 is first hooked.
+    pub eth0: Option<SchedClassifier>,
+    filter: Vec<FilterInsn>,
+    maps: Maps,
+    direct_max: u32,
+}
+
+impl FilterPrograms {
+    /// The filter in front of pods' eth0 hooks: the same filter, whose
+    /// verdicts go to the eth0 capture programs.
+    pub fn eth0(&mut self) -> Result<&SchedClassifier, NativeError> {
+        if self.eth0.is_none() {
+            let opts = translate::Options {
+                slot: CAPTURE_SLOT_ETH0,
+                rejected: CAPTURE_SLOT_ETH0_REJECTED,
+                direct_max: self.direct_max,
+            };
+            self.eth0 = Some(load(&self.filter, self.maps, opts, ETH0_NAME)?);
+        }
+        Ok(self.eth0.as_ref().expect("loaded above"))
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -51,7 +77,7 @@ pub fn load(
     name: &'static str,
 ) -> Result<SchedClassifier, NativeError> {
     let insns = translate::translate(filter, maps, opts)?;
-    let fd = prog_load(&insns).map_err(|reason| NativeError::Verifier {
+    let fd = prog_load(&insns, KERNEL_NAME).map_err(|reason| NativeError::Verifier {
         insns: insns.len(),
         reason,
     })?;
@@ -93,11 +119,15 @@ pub(super) fn load_filter_programs(
         translate::Options::DIRECT_MAX
     };
     let load = |slot, name| {
-        let opts = translate::Options { slot, direct_max };
+        let opts = translate::Options {
+            slot,
+            rejected: CAPTURE_SLOT_REJECTED,
+            direct_max,
+        };
         load(filter, maps, opts, name)
     };
-    let ingress = load(0, INGRESS_NAME)?;
-    let egress = load(1, EGRESS_NAME)?;
+    let ingress = load(CAPTURE_SLOT_INGRESS, INGRESS_NAME)?;
+    let egress = load(CAPTURE_SLOT_EGRESS, EGRESS_NAME)?;
     let mut fds = Vec::new();
     // In the order of podtrace-common's CAPTURE_SLOT_*.
     for name in [INGRESS_PROGRAM, EGRESS_PROGRAM, REJECTED_PROGRAM] {
@@ -117,7 +147,14 @@ pub(super) fn load_filter_programs(
             .set(slot as u32, fd, 0)
             .map_err(|e| NativeError::Lookup(error_chain(&e)))?;
     }
-    Ok(FilterPrograms { ingress, egress })
+    Ok(FilterPrograms {
+        ingress,
+        egress,
+        eth0: None,
+        filter: filter.to_vec(),
+        maps,
+        direct_max,
+    })
 }
 
 const BPF_PROG_LOAD: libc::c_long = 5;
@@ -142,7 +179,7 @@ struct ProgLoadAttr {
     prog_name: [u8; 16],
 }
 
-fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
+pub(super) fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
     // SAFETY: `attr` is a repr(C) prefix of union bpf_attr for `cmd`, and
     // every pointer in it outlives the call.
     let ret = unsafe {
@@ -160,11 +197,12 @@ fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
     }
 }
 
-/// Loads a SCHED_CLS program; on failure, the verifier's last words.
-fn prog_load(insns: &[Insn]) -> Result<OwnedFd, String> {
+/// Loads a SCHED_CLS program named `kernel_name` (15 bytes at most); on
+/// failure, the verifier's last words.
+pub(super) fn prog_load(insns: &[Insn], kernel_name: &str) -> Result<OwnedFd, String> {
     let license = c"GPL";
     let mut name = [0u8; 16];
-    name[..KERNEL_NAME.len()].copy_from_slice(KERNEL_NAME.as_bytes());
+    name[..kernel_name.len()].copy_from_slice(kernel_name.as_bytes());
     let attr = |log: &mut [u8]| ProgLoadAttr {
         prog_type: BPF_PROG_TYPE_SCHED_CLS,
         insn_cnt: insns.len() as u32,
@@ -245,8 +283,17 @@ struct TestRunAttr {
 /// the mean run time in ns. For tests and benchmarks; nothing is sent.
 pub fn test_run(prog: &SchedClassifier, packet: &[u8], repeat: u32) -> io::Result<(i32, u32)> {
     let fd = prog.fd().map_err(io::Error::other)?;
+    test_run_fd(fd.as_fd(), packet, repeat)
+}
+
+/// [`test_run`] for a program known by its fd.
+pub(super) fn test_run_fd(
+    prog: BorrowedFd<'_>,
+    packet: &[u8],
+    repeat: u32,
+) -> io::Result<(i32, u32)> {
     let mut attr = TestRunAttr {
-        prog_fd: fd.as_fd().as_raw_fd() as u32,
+        prog_fd: prog.as_raw_fd() as u32,
         data_size_in: packet.len() as u32,
         data_in: packet.as_ptr() as u64,
         repeat,

@@ -109,6 +109,11 @@ impl Slots {
         counts
     }
 
+    /// The slot of a link that has one.
+    pub fn slot(&self, ifindex: u32) -> Option<u32> {
+        self.held.get(&ifindex).map(|&(slot, _)| slot)
+    }
+
     /// The counts so far of an attached link.
     pub fn counters_of(&self, ifindex: u32) -> KernelCounters {
         self.held

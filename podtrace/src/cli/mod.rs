@@ -9,6 +9,7 @@ use std::{path::PathBuf, time::Duration};
 use clap::{Args, Parser, Subcommand};
 use podtrace::{
     attach::{DirectionFilter, FilterEngine, TcMode},
+    session::Fallback,
     sink::{Format, Output},
 };
 
@@ -210,6 +211,14 @@ pub struct CaptureArgs {
     /// interpreted (any filter libpcap compiles); auto tries native first.
     #[arg(long, value_enum, default_value_t = FilterEngine::Auto)]
     pub filter_engine: FilterEngine,
+
+    /// Packets a CNI delivers straight into a pod's eth0, past its host veth
+    /// (Cilium's bpf_redirect_peer): podtrace always detects them; auto
+    /// captures them at the pod's eth0 (a TCX hook inside the pod's network
+    /// namespace) as soon as any are seen, always takes what pods receive
+    /// there from the start, never only reports them.
+    #[arg(long, value_enum, value_name = "WHEN", default_value_t = Fallback::Auto)]
+    pub redirect_fallback: Fallback,
 }
 
 /// Whether packets are handed over one by one: when asked, or when text

@@ -4,7 +4,7 @@
 
 use std::{
     io::{self, IsTerminal},
-    path::Path,
+    path::{Path, PathBuf},
     time::Duration,
 };
 
@@ -110,6 +110,8 @@ impl CaptureArgs {
                 filter,
                 immediate,
                 max_links,
+                fallback: self.redirect_fallback,
+                pods: self.iface.is_none(),
             },
             start,
             selection,
@@ -186,6 +188,7 @@ impl CaptureArgs {
             return Ok(Wanted::Links(vec![link_target(
                 link,
                 format!("process {pid}"),
+                format!("/proc/{pid}/ns/net").into(),
             )]));
         }
         if let Some(netns) = &self.netns {
@@ -193,6 +196,7 @@ impl CaptureArgs {
             return Ok(Wanted::Links(vec![link_target(
                 link::by_netns(netns)?,
                 label,
+                netns.clone(),
             )]));
         }
         if let Some(uid) = &self.uid {
@@ -337,9 +341,9 @@ fn waitable(e: &target::TargetError) -> bool {
 }
 
 /// A process's or namespace's host link, captured as a pod would be.
-fn link_target(link: link::HostLink, label: String) -> (Target, String) {
+fn link_target(link: link::HostLink, label: String, netns: PathBuf) -> (Target, String) {
     let gone = format!("{label} is gone (host interface {} was removed)", link.name);
-    (Target::link(link, label), gone)
+    (Target::link(link, label).in_netns(netns), gone)
 }
 
 /// Refusing to lose which pod a packet belongs to.

@@ -23,8 +23,7 @@
 //! `M[0..16]` below that.
 
 use podtrace_common::{
-    FilterInsn, CAPTURE_SLOT_REJECTED, COUNTER_FILTERED, COUNTER_LOST, COUNTER_PASSED,
-    FILTER_MEMWORDS,
+    FilterInsn, COUNTER_FILTERED, COUNTER_LOST, COUNTER_PASSED, FILTER_MEMWORDS,
 };
 
 /// One eBPF instruction, `struct bpf_insn`: registers packed dst (low
@@ -52,6 +51,8 @@ pub struct Maps {
 pub struct Options {
     /// Slot of `Maps::capture` to tail-call for accepted packets.
     pub slot: u32,
+    /// Slot to tail-call for rejected packets (a program that counts them).
+    pub rejected: u32,
     /// Packet offsets up to this are read from the linear head when it holds
     /// them; 0 sends every load through `bpf_skb_load_bytes` (tests).
     pub direct_max: u32,
@@ -539,7 +540,8 @@ impl Translator {
     }
 
     /// Accepted packets go on to the capture program and rejected ones to
-    /// `podtrace_rejected`, both of which count them in their link's slot.
+    /// the program that counts them (`podtrace_rejected`, or its eth0
+    /// twin), both of which count them in their link's slot.
     /// Either way the verdict is TCX_NEXT.
     fn epilogue(&mut self) {
         // The verifier refuses unreachable code: a filter that accepts
@@ -557,7 +559,7 @@ impl Translator {
         }
         if wanted(self, Label::Reject) {
             self.bind(Label::Reject);
-            self.tail_call(CAPTURE_SLOT_REJECTED);
+            self.tail_call(self.opts.rejected);
             self.count(COUNTER_FILTERED);
             self.exit_next();
         }

@@ -15,6 +15,7 @@
 
 mod events;
 mod netlink;
+mod path;
 
 use std::{
     fs, io,
@@ -24,6 +25,7 @@ use std::{
 
 pub use events::{LinkEvent, LinkMonitor};
 pub use netlink::{dump_links, LinkInfo};
+pub use path::{PathCounts, PathReader, PodPath};
 
 /// The interface inside the target namespace whose peer we look for.
 pub const POD_IFACE: &str = "eth0";

@@ -10,10 +10,16 @@
 //! so a pod's first packets are not missed; its packets are held until the
 //! watcher says whose it is, then written or dropped.
 //!
-//! [`Session`] is plain logic over an [`Attacher`] and a [`Sink`], fed
-//! records by the loop in [`run`]; the tests drive it with fakes.
+//! A pod's packets that its CNI delivers past the host veth are detected,
+//! and taken at the pod's own eth0, by [`inbound`].
+//!
+//! [`Session`] is plain logic over an [`Attacher`], a [`PathProbe`] and a
+//! [`Sink`], fed records by the loop in [`run`]; the tests drive it with
+//! fakes.
 
+mod handover;
 mod held;
+mod inbound;
 mod pace;
 mod run;
 mod target;
@@ -22,8 +28,11 @@ mod tests;
 
 use std::collections::HashMap;
 
-use self::held::Held;
+use podtrace_common::{HOOK_EGRESS, HOOK_ETH0_INGRESS};
+
+use self::{held::Held, inbound::Inbound};
 pub use self::{
+    inbound::{Bypass, Fallback, PathProbe, CHECK_EVERY},
     run::{run, CaptureError, CapturePlan, StopReason, Summary},
     target::{Attacher, Change, Target},
 };
@@ -59,6 +68,10 @@ struct Member {
     retired: KernelCounters,
     written: u64,
     started_ns: u64,
+    /// Packets seen at both hooks during a handover, written once.
+    deduped: u64,
+    /// What the links it left said about packets that skipped them.
+    left_bypass: Option<Bypass>,
 }
 
 /// How the session attaches and stops.
@@ -68,6 +81,7 @@ pub struct SessionOptions {
     pub tc_mode: TcMode,
     /// Stop after this many packets written (`-c`).
     pub limit: u64,
+    pub fallback: Fallback,
 }
 
 pub struct Session<A: Attacher> {
@@ -88,6 +102,15 @@ pub struct Session<A: Attacher> {
     /// Counts of provisional links that were discarded: not any
     /// interface's, and not the capture's.
     discarded: KernelCounters,
+    probe: Box<dyn PathProbe>,
+    /// Pods whose inbound packets are watched, by host link.
+    inbound: HashMap<u32, Inbound>,
+    /// Pods moving to their eth0 hook now (records then get a closer look).
+    handovers: usize,
+    /// Some pod's packets skipped its veth: the CNI redirects.
+    redirects_seen: bool,
+    /// Lines to show the user, taken by the loop.
+    notes: Vec<String>,
     pub captured: u64,
     pub bytes: u64,
     /// How the last link was attached, for the start line.
@@ -96,7 +119,12 @@ pub struct Session<A: Attacher> {
 }
 
 impl<A: Attacher> Session<A> {
-    pub fn new(attacher: A, sink: Box<dyn Sink>, opts: SessionOptions) -> Self {
+    pub fn new(
+        attacher: A,
+        sink: Box<dyn Sink>,
+        probe: Box<dyn PathProbe>,
+        opts: SessionOptions,
+    ) -> Self {
         Self {
             attacher,
             sink,
@@ -108,6 +136,11 @@ impl<A: Attacher> Session<A> {
             held: HashMap::new(),
             leaving: Vec::new(),
             discarded: KernelCounters::default(),
+            probe,
+            inbound: HashMap::new(),
+            handovers: 0,
+            redirects_seen: false,
+            notes: Vec::new(),
             captured: 0,
             bytes: 0,
             mode_used: None,
@@ -155,6 +188,7 @@ impl<A: Attacher> Session<A> {
             // The pod's sandbox was re-created: same interface, new link.
             if let Some(old) = member.ifindex.take() {
                 member.retired += self.attacher.detach(old);
+                self.leave_inbound(id, old);
             }
             crate::verbose(format_args!(
                 "{}: now on host link {} (ifindex {ifindex})",
@@ -162,9 +196,17 @@ impl<A: Attacher> Session<A> {
             ));
         }
         let held = self.held.remove(&ifindex);
-        if held.is_none() {
-            self.attach(&target.link)?;
-        }
+        let plan = self.plan_inbound(&target);
+        let blind = match &held {
+            None => match self.attach_target(&target, plan.as_ref()) {
+                Ok(blind) => blind,
+                Err(e) => {
+                    self.probe.forget(ifindex);
+                    return Err(e.into());
+                }
+            },
+            Some(_) => None,
+        };
         let id = match self.by_key.get(&target.key) {
             Some(&id) => id,
             None => {
@@ -177,12 +219,17 @@ impl<A: Attacher> Session<A> {
                     retired: KernelCounters::default(),
                     written: 0,
                     started_ns: crate::sink::now_ns(),
+                    deduped: 0,
+                    left_bypass: None,
                 });
                 self.by_key.insert(target.key.clone(), id);
                 id
             }
         };
         self.members[id as usize].ifindex = Some(ifindex);
+        if let Some(plan) = plan {
+            self.watch_inbound(&target, plan, blind, held.is_some());
+        }
         self.set_route(
             ifindex,
             Route::To {
@@ -230,7 +277,9 @@ impl<A: Attacher> Session<A> {
         let member = &mut self.members[id as usize];
         if let Some(ifindex) = member.ifindex.take() {
             member.retired += self.attacher.detach(ifindex);
+            self.leave_inbound(id, ifindex);
         }
+        let member = &self.members[id as usize];
         crate::verbose(format_args!("{}: {reason}", member.label));
         // Its records may still be in the ring: statistics after the drain.
         self.leaving.push(id);
@@ -267,6 +316,9 @@ impl<A: Attacher> Session<A> {
             }
             Route::Dropped => return Ok(true),
         };
+        if self.handovers > 0 && self.handed_over_twice(record, interface) {
+            return Ok(true);
+        }
         let Some(direction) = Direction::from_hook(record.header.hook, peer_is_target) else {
             return Ok(true);
         };
@@ -278,6 +330,78 @@ impl<A: Attacher> Session<A> {
             data: record.data,
         })?;
         Ok(self.stop.is_none())
+    }
+
+    /// During a pod's handover: remembers what its veth's egress hook
+    /// wrote, and whether its eth0 hook's record is one of those.
+    fn handed_over_twice(&mut self, record: &Record<'_>, interface: InterfaceId) -> bool {
+        let hook = record.header.hook;
+        if hook != HOOK_EGRESS && hook != HOOK_ETH0_INGRESS {
+            return false;
+        }
+        let Some(inbound) = self.inbound.get_mut(&record.header.ifindex) else {
+            return false;
+        };
+        let inbound::Taken::Handover(handover) = &mut inbound.taken else {
+            return false;
+        };
+        let digest = handover::digest(record.header.orig_len, record.data);
+        if hook == HOOK_EGRESS {
+            handover.egress_copy(record.header.ts_ns, digest);
+            return false;
+        }
+        let twice = handover.is_duplicate(record.header.ts_ns, digest);
+        if twice {
+            self.members[interface as usize].deduped += 1;
+        }
+        twice
+    }
+
+    /// The target of interface `id` left host link `ifindex`: what was
+    /// said about its packets that skipped it is kept for its statistics.
+    fn leave_inbound(&mut self, id: InterfaceId, ifindex: u32) {
+        if let Some(report) = self.unwatch_inbound(ifindex) {
+            let member = &mut self.members[id as usize];
+            member.left_bypass = Some(match member.left_bypass.take() {
+                Some(before) => Bypass {
+                    missed: before.missed + report.missed,
+                    comment: report.comment.or(before.comment),
+                    note: report.note.or(before.note),
+                },
+                None => report,
+            });
+        }
+    }
+
+    /// What the interface's links said about packets that skipped them.
+    fn bypass(&self, id: InterfaceId) -> Option<Bypass> {
+        let member = &self.members[id as usize];
+        let live = member
+            .ifindex
+            .and_then(|i| self.inbound.get(&i))
+            .map(Inbound::report);
+        match (live, member.left_bypass.clone()) {
+            (Some(live), Some(left)) => Some(Bypass {
+                missed: live.missed + left.missed,
+                comment: live.comment.or(left.comment),
+                note: live.note.or(left.note),
+            }),
+            (live, left) => live.or(left),
+        }
+    }
+
+    /// Packets that reached pods past their veth and are not in the
+    /// capture, and a line about each pod that had some.
+    pub fn missed(&self) -> (u64, Vec<String>) {
+        let mut total = 0;
+        let mut notes = Vec::new();
+        for id in 0..self.members.len() {
+            if let Some(b) = self.bypass(id as InterfaceId) {
+                total += b.missed;
+                notes.extend(b.note);
+            }
+        }
+        (total, notes)
     }
 
     fn write(&mut self, packet: &Packet<'_>) -> Result<(), SinkError> {
@@ -319,12 +443,15 @@ impl<A: Attacher> Session<A> {
         if let Some(ifindex) = member.ifindex {
             kernel += self.attacher.counters(ifindex);
         }
+        let bypass = self.bypass(id);
         Stats {
-            received: kernel.seen,
+            // A packet both hooks saw during a handover was received once.
+            received: kernel.seen.saturating_sub(member.deduped),
             dropped: kernel.lost,
             filtered: kernel.filtered,
             started_ns: member.started_ns,
-            comment: None,
+            missed: bypass.as_ref().map(|b| b.missed),
+            comment: bypass.and_then(|b| b.comment),
         }
     }
 
@@ -343,8 +470,10 @@ impl<A: Attacher> Session<A> {
         total
     }
 
-    /// Detaches from every link (first step of every stop).
+    /// Detaches from every link (first step of every stop), after a last
+    /// look at the counters of the pods watched at their veth.
     pub fn detach_all(&mut self) {
+        self.sample_all_inbound();
         for member in &mut self.members {
             if let Some(ifindex) = member.ifindex {
                 member.retired += self.attacher.detach(ifindex);

@@ -15,16 +15,18 @@ use tokio::{
 };
 
 use super::{
+    inbound::CHECK_EVERY,
     pace::{self, DrainPace},
-    ApplyError, Change, Session, SessionOptions,
+    ApplyError, Change, Fallback, Session, SessionOptions,
 };
 use crate::{
     attach::{
         AttachError, DirectionFilter, FilterEngine, KernelCounters, LoadOptions, Programs, TcMode,
     },
     filter::Filter,
+    link::PathReader,
     progress::Progress,
-    ring::{Clock, RingReader},
+    ring::{monotonic_ns, Clock, RingReader},
     sink::{self, Output, SinkError, SinkOptions},
 };
 
@@ -45,6 +47,11 @@ pub struct CapturePlan {
     pub immediate: bool,
     /// Most links attached at once, each counted on its own.
     pub max_links: u32,
+    /// What to do about packets a CNI delivers into pods past their veth.
+    pub fallback: Fallback,
+    /// The targets may be pods (or namespaces), whose eth0 may be hooked:
+    /// not host interfaces (`-i`).
+    pub pods: bool,
 }
 
 /// Why the capture ended.
@@ -69,12 +76,16 @@ pub struct Summary {
     pub reason: StopReason,
     /// Whether a filter ran (the line then says how many it rejected).
     pub filtered: bool,
+    /// Packets that reached pods past their host veth, not captured.
+    pub missed: u64,
+    /// One line about each pod that had such packets.
+    pub notes: Vec<String>,
 }
 
 impl Summary {
     /// The line printed on stderr at exit.
     pub fn line(&self) -> String {
-        if self.filtered {
+        let mut line = if self.filtered {
             format!(
                 "{} packets captured, {} filtered, {} lost in kernel",
                 self.captured, self.kernel.filtered, self.kernel.lost
@@ -84,7 +95,14 @@ impl Summary {
                 "{} packets captured, {} lost in kernel",
                 self.captured, self.kernel.lost
             )
+        };
+        if self.missed > 0 {
+            line.push_str(&format!(
+                ", {} missed (delivered past the host veth)",
+                self.missed
+            ));
         }
+        line
     }
 }
 
@@ -98,6 +116,8 @@ pub enum CaptureError {
     Ring(std::io::Error),
     #[error("cannot install signal handlers: {0}")]
     Signal(std::io::Error),
+    #[error("cannot read the pods' link counters: {0}")]
+    Counters(std::io::Error),
 }
 
 impl From<ApplyError> for CaptureError {
@@ -138,14 +158,20 @@ pub async fn run(
     if let Some(engine) = programs.engine_used {
         crate::verbose(format_args!("filter engine: {engine:?}"));
     }
+    if plan.fallback != Fallback::Never && plan.pods {
+        programs.load_eth0()?;
+    }
     let mut reader = RingReader::new(programs.take_ring()?).map_err(CaptureError::Ring)?;
+    let probe = PathReader::open().map_err(CaptureError::Counters)?;
     let mut session = Session::new(
         programs,
         sink,
+        Box::new(probe),
         SessionOptions {
             direction: plan.direction,
             tc_mode: plan.tc_mode,
             limit: plan.count.unwrap_or(u64::MAX),
+            fallback: plan.fallback,
         },
     );
     let attaching = std::time::Instant::now();
@@ -159,6 +185,7 @@ pub async fn run(
     ));
     // Readers of a pipe see the interfaces at once.
     session.settle(true)?;
+    say(&mut session);
     let clock = Clock::measure();
     let mut sigint = signal(SignalKind::interrupt()).map_err(CaptureError::Signal)?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(CaptureError::Signal)?;
@@ -174,11 +201,13 @@ pub async fn run(
     let deadline = plan.duration.map(|d| tokio::time::Instant::now() + d);
     let mut pace = DrainPace::default();
     let mut next_drain = tokio::time::Instant::now() + pace::BUSY;
+    let mut next_check = tokio::time::Instant::now() + CHECK_EVERY;
     let mut watching = true;
 
     let outcome: Result<StopReason, SinkError> = loop {
         tokio::select! {
             _ = sleep_until(next_drain) => {}
+            _ = sleep_until(next_check) => {}
             ready = reader.readable() => ready.map_err(CaptureError::Ring)?,
             _ = sigint.recv() => break Ok(StopReason::Signal("SIGINT")),
             _ = sigterm.recv() => break Ok(StopReason::Signal("SIGTERM")),
@@ -192,10 +221,17 @@ pub async fn run(
                 None => watching = false,
             },
         }
+        let drained_from = monotonic_ns();
         match drain(&mut reader, &mut session, &clock) {
             Ok(records) => next_drain = tokio::time::Instant::now() + pace.after(records),
             Err(e) => break Err(e),
         }
+        if tokio::time::Instant::now() >= next_check {
+            // After a drain: a handover ends only once its last records are in.
+            session.check_inbound(monotonic_ns(), drained_from);
+            next_check = tokio::time::Instant::now() + CHECK_EVERY;
+        }
+        say(&mut session);
         if let Some(reason) = session.stop_reason() {
             break Ok(reason.clone());
         }
@@ -220,12 +256,23 @@ pub async fn run(
             other => other?,
         }
     }
+    say(&mut session);
+    let (missed, notes) = session.missed();
     Ok(Summary {
         captured: session.captured,
         kernel: session.totals(),
         reason,
         filtered: plan.filter.is_some(),
+        missed,
+        notes,
     })
+}
+
+/// Shows the session's warnings and notices.
+fn say(session: &mut Session<Programs>) {
+    for note in session.take_notes() {
+        eprintln!("podtrace: {note}");
+    }
 }
 
 /// A change while the capture runs: a target that cannot be attached is
@@ -239,6 +286,7 @@ fn apply_later(session: &mut Session<Programs>, change: Change) {
     if let Err(e) = session.apply(change) {
         eprintln!("podtrace: {what}: {}", crate::error_chain(&e));
     }
+    say(session);
 }
 
 /// Drains the ring into the session; returns how many records it read.

@@ -1,6 +1,8 @@
 //! What the session is told and what it attaches with: targets, the
 //! watcher's changes, and the [`Attacher`] seam over the loaded programs.
 
+use std::path::{Path, PathBuf};
+
 use crate::{
     attach::{AttachError, Hooks, KernelCounters, Programs, TcMode},
     link::HostLink,
@@ -18,6 +20,9 @@ pub struct Target {
     pub label: String,
     /// How file formats that describe interfaces (pcapng) show it.
     pub interface: Interface,
+    /// The network namespace at the far end of the link (a pod's
+    /// `/proc/PID/ns/net`, a `--netns` path): where its eth0 can be hooked.
+    pub netns: Option<PathBuf>,
 }
 
 impl Target {
@@ -35,7 +40,14 @@ impl Target {
             link,
             label,
             interface,
+            netns: None,
         }
+    }
+
+    /// The same target, whose link's far end is in the namespace at `netns`.
+    pub fn in_netns(mut self, netns: PathBuf) -> Self {
+        self.netns = Some(netns);
+        self
     }
 }
 
@@ -68,6 +80,14 @@ pub trait Attacher {
     fn detach(&mut self, ifindex: u32) -> KernelCounters;
     fn counters(&self, ifindex: u32) -> KernelCounters;
     fn unattributed(&self) -> KernelCounters;
+    /// Hooks the ingress of the eth0 at the far end of an attached link,
+    /// inside `netns`; its packets count as the link's. Returns eth0's
+    /// ifindex in its namespace.
+    fn hook_eth0(&mut self, link: &HostLink, netns: &Path) -> Result<u32, AttachError>;
+    /// Detaches the egress hook of an attached link.
+    fn unhook_egress(&mut self, ifindex: u32);
+    /// Attaches the egress hook of a link attached without it.
+    fn add_egress(&mut self, link: &HostLink, mode: TcMode) -> Result<TcMode, AttachError>;
 }
 
 impl Attacher for Programs {
@@ -87,5 +107,14 @@ impl Attacher for Programs {
     }
     fn unattributed(&self) -> KernelCounters {
         self.unattributed_counters()
+    }
+    fn hook_eth0(&mut self, link: &HostLink, netns: &Path) -> Result<u32, AttachError> {
+        Programs::hook_eth0(self, link, netns)
+    }
+    fn unhook_egress(&mut self, ifindex: u32) {
+        Programs::unhook_egress(self, ifindex);
+    }
+    fn add_egress(&mut self, link: &HostLink, mode: TcMode) -> Result<TcMode, AttachError> {
+        Programs::add_egress(self, link, mode)
     }
 }

@@ -15,11 +15,13 @@ use podtrace_common::{RecordHeader, HOOK_EGRESS, HOOK_INGRESS};
 
 use super::*;
 use crate::{
-    link::{LinkEvent, LinkInfo},
+    link::{LinkEvent, LinkInfo, PathCounts},
     sink::{PcapNgSink, RecordFile},
     target::{LabelSelector, PodQuery, Sandbox},
     watch::{PodView, Selection, Tracker},
 };
+
+mod inbound;
 
 /// Attach calls and per-link counts, shared with the test.
 #[derive(Default)]
@@ -27,19 +29,56 @@ struct Kernel {
     attached: Vec<u32>,
     detached: Vec<u32>,
     counts: HashMap<u32, KernelCounters>,
+    /// Hooks attached to each link now.
+    hooks: HashMap<u32, Hooks>,
+    /// Links whose pod's eth0 was hooked, in order.
+    eth0: Vec<u32>,
+    /// hook_eth0 fails with this.
+    eth0_fails: Option<String>,
 }
 
 #[derive(Clone, Default)]
 struct FakeAttacher(Rc<RefCell<Kernel>>);
 
 impl Attacher for FakeAttacher {
-    fn attach(&mut self, link: &HostLink, _: Hooks, mode: TcMode) -> Result<TcMode, AttachError> {
-        self.0.borrow_mut().attached.push(link.ifindex);
+    fn attach(
+        &mut self,
+        link: &HostLink,
+        hooks: Hooks,
+        mode: TcMode,
+    ) -> Result<TcMode, AttachError> {
+        let mut k = self.0.borrow_mut();
+        k.attached.push(link.ifindex);
+        k.hooks.insert(link.ifindex, hooks);
+        Ok(mode)
+    }
+    fn hook_eth0(&mut self, link: &HostLink, _: &std::path::Path) -> Result<u32, AttachError> {
+        let mut k = self.0.borrow_mut();
+        if let Some(reason) = &k.eth0_fails {
+            return Err(AttachError::Attach {
+                iface: "eth0".into(),
+                hook: "ingress",
+                reason: reason.clone(),
+            });
+        }
+        k.eth0.push(link.ifindex);
+        Ok(2)
+    }
+    fn unhook_egress(&mut self, ifindex: u32) {
+        if let Some(h) = self.0.borrow_mut().hooks.get_mut(&ifindex) {
+            h.egress = false;
+        }
+    }
+    fn add_egress(&mut self, link: &HostLink, mode: TcMode) -> Result<TcMode, AttachError> {
+        if let Some(h) = self.0.borrow_mut().hooks.get_mut(&link.ifindex) {
+            h.egress = true;
+        }
         Ok(mode)
     }
     fn detach(&mut self, ifindex: u32) -> KernelCounters {
         let mut k = self.0.borrow_mut();
         k.detached.push(ifindex);
+        k.hooks.remove(&ifindex);
         k.counts.remove(&ifindex).unwrap_or_default()
     }
     fn counters(&self, ifindex: u32) -> KernelCounters {
@@ -65,15 +104,56 @@ impl FakeAttacher {
     }
 }
 
+/// A pod's veth counters, as the test sets them: by host ifindex.
+#[derive(Clone, Default)]
+struct FakeProbe(Rc<RefCell<HashMap<u32, PathCounts>>>);
+
+impl PathProbe for FakeProbe {
+    fn watch(&mut self, ifindex: u32, _: &std::path::Path) -> Result<(), String> {
+        self.0.borrow_mut().entry(ifindex).or_default();
+        Ok(())
+    }
+    fn forget(&mut self, _: u32) {}
+    fn sample(&mut self, ifindex: u32) -> std::io::Result<PathCounts> {
+        Ok(self.0.borrow().get(&ifindex).copied().unwrap_or_default())
+    }
+    fn baseline(&mut self, ifindex: u32) -> std::io::Result<PathCounts> {
+        self.sample(ifindex)
+    }
+}
+
+impl FakeProbe {
+    /// eth0 received `skipped` packets that did not cross the veth, and
+    /// `crossed` that did.
+    fn delivered(&self, ifindex: u32, crossed: u64, skipped: u64) {
+        let mut counts = self.0.borrow_mut();
+        let c = counts.entry(ifindex).or_default();
+        c.crossed += crossed;
+        c.received += crossed + skipped;
+    }
+}
+
 fn session(path: &Path, limit: u64) -> (Session<FakeAttacher>, FakeAttacher) {
+    let (s, attacher, _) = session_with(path, limit, Fallback::Auto);
+    (s, attacher)
+}
+
+fn session_with(
+    path: &Path,
+    limit: u64,
+    fallback: Fallback,
+) -> (Session<FakeAttacher>, FakeAttacher, FakeProbe) {
     let attacher = FakeAttacher::default();
+    let probe = FakeProbe::default();
     let sink = Box::new(PcapNgSink::new(RecordFile::create(path).unwrap(), 65535).unwrap());
     let opts = SessionOptions {
         direction: DirectionFilter::InOut,
         tc_mode: TcMode::Tcx,
         limit,
+        fallback,
     };
-    (Session::new(attacher.clone(), sink, opts), attacher)
+    let s = Session::new(attacher.clone(), sink, Box::new(probe.clone()), opts);
+    (s, attacher, probe)
 }
 
 fn sandbox(ns: &str, name: &str, uid: &str, app: &str) -> Sandbox {
@@ -369,11 +449,18 @@ fn summary_line_names_filtered_only_with_a_filter() {
         },
         reason: StopReason::Count,
         filtered: false,
+        missed: 0,
+        notes: Vec::new(),
     };
     assert_eq!(summary.line(), "5 packets captured, 1 lost in kernel");
     summary.filtered = true;
     assert_eq!(
         summary.line(),
         "5 packets captured, 3 filtered, 1 lost in kernel"
+    );
+    summary.missed = 4;
+    assert_eq!(
+        summary.line(),
+        "5 packets captured, 3 filtered, 1 lost in kernel, 4 missed (delivered past the host veth)"
     );
 }

@@ -63,6 +63,10 @@ pub struct Stats {
     pub filtered: u64,
     /// When the interface joined the capture, nanoseconds since the epoch.
     pub started_ns: u64,
+    /// Packets the interface's pod received that the capture could not
+    /// see (its CNI delivered them past the host veth); `None` where that
+    /// was not watched.
+    pub missed: Option<u64>,
     /// Something a reader should know about these numbers.
     pub comment: Option<String>,
 }

@@ -97,6 +97,11 @@ impl PcapNgSink {
             InterfaceStatisticsOption::IsbIfDrop(stats.dropped),
             InterfaceStatisticsOption::IsbFilterAccept(stats.received - stats.filtered),
         ];
+        // "Dropped by the operating system" before podtrace could see them:
+        // Wireshark shows it with the interface's statistics.
+        if let Some(missed) = stats.missed {
+            options.push(InterfaceStatisticsOption::IsbOsDrop(missed));
+        }
         if let Some(comment) = &stats.comment {
             options.push(InterfaceStatisticsOption::Comment(Cow::Owned(
                 comment.clone(),

@@ -41,6 +41,7 @@ pub fn pod_target(sandbox: &Sandbox, link: &HostLink) -> Target {
                 sandbox.uid, link.name, link.ifindex
             ),
         },
+        netns: sandbox.pid.map(|pid| format!("/proc/{pid}/ns/net").into()),
     }
 }
 

@@ -18,6 +18,7 @@ mod first_packet;
 mod hook_mover;
 mod iperf;
 mod procs;
+mod redirect;
 mod report;
 mod tcp_switch;
 mod throughput;
@@ -76,7 +77,7 @@ pub struct Options {
 }
 
 /// The sections `--only` picks from, in the order they run.
-pub const SECTIONS: [&str; 9] = [
+pub const SECTIONS: [&str; 10] = [
     "tcp",
     "udp",
     "small-buffers",
@@ -86,6 +87,7 @@ pub const SECTIONS: [&str; 9] = [
     "filter-udp",
     "first-packet",
     "workload",
+    "redirect",
 ];
 
 impl Options {
@@ -211,6 +213,10 @@ pub fn run(opts: &Options) -> Result<String> {
     if opts.runs("first-packet") {
         eprintln!("bench: time to first packet");
         bench.first_packet(&mut report)?;
+    }
+    if opts.runs("redirect") {
+        eprintln!("bench: packets that skip the host veth: detection, the eth0 hook");
+        bench.redirect(&mut report.redirect)?;
     }
 
     if opts.runs("workload") {

@@ -24,6 +24,7 @@ pub struct Report {
     pub first_packet: HashMap<FirstPacket, Vec<Duration>>,
     pub filters: FilterResults,
     pub workload: WorkloadResults,
+    pub redirect: super::redirect::Results,
     pub commands: Vec<(String, String)>,
     pub retried: usize,
 }
@@ -97,6 +98,7 @@ pub fn row_labels() -> Vec<String> {
     rows.extend(FirstPacket::ALL.map(|w| first_packet_label(w).to_owned()));
     rows.extend(filters::row_labels());
     rows.extend(super::workload::row_labels());
+    rows.extend(super::redirect::row_labels());
     rows.extend(GOALS.map(String::from));
     rows
 }
@@ -184,6 +186,7 @@ impl Report {
             first_packet: HashMap::new(),
             filters: FilterResults::default(),
             workload: WorkloadResults::default(),
+            redirect: Default::default(),
             commands: Vec::new(),
             retried: 0,
         }
@@ -261,6 +264,7 @@ impl Report {
         self.first_packet_table(&mut o);
         self.filters.render(&mut o, self.plan);
         self.workload.render(&mut o);
+        super::redirect::render(&self.redirect, self.plan, &mut o);
         self.goals(&mut o);
         let _ = write!(o, "\n{}", include_str!("notes.md"));
         o

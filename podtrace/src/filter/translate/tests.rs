@@ -9,6 +9,8 @@ mod machine;
 
 use std::time::Duration;
 
+use podtrace_common::CAPTURE_SLOT_REJECTED;
+
 use self::machine::{Machine, Verdict};
 use super::*;
 use crate::filter::{compile, Filter};
@@ -21,6 +23,7 @@ const MAPS: Maps = Maps {
 fn opts() -> Options {
     Options {
         slot: 1,
+        rejected: CAPTURE_SLOT_REJECTED,
         direct_max: Options::DIRECT_MAX,
     }
 }

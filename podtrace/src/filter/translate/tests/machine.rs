@@ -2,6 +2,8 @@
 //! programs in unit tests the way the kernel would (the verifier's rules
 //! for what may be read included), and nothing else.
 
+use podtrace_common::CAPTURE_SLOT_REJECTED;
+
 use super::super::*;
 use super::MAPS;
 
