@@ -76,7 +76,7 @@ pub fn engines_match_libpcap() -> Result<()> {
             ));
         }
         for (label, engine, slow_loads_only) in engines {
-            let mut programs = Programs::load(LoadOptions {
+            let programs = Programs::load(LoadOptions {
                 snaplen: 262_144,
                 ring_bytes: 1 << 20,
                 filter: &compiled.insns,

@@ -22,17 +22,17 @@
 use std::{
     fs::File,
     io,
-    os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd},
+    os::fd::{AsFd, AsRawFd, OwnedFd},
     path::Path,
 };
 
 use aya::{
-    maps::{MapData, ProgramArray},
+    maps::MapData,
     programs::{SchedClassifier, TcAttachType},
 };
 use podtrace_common::{CAPTURE_SLOT_ETH0, CAPTURE_SLOT_ETH0_ENTRY, CAPTURE_SLOT_ETH0_REJECTED};
 
-use super::{native, AttachError, Programs};
+use super::{native, tcx, AttachError, Programs};
 use crate::{
     error_chain,
     filter::translate::Insn,
@@ -79,8 +79,10 @@ impl Programs {
             self.map_fd("CAPTURE")?,
         );
         let stub = native::prog_load(&insns, STUB_NAME).map_err(fail)?;
-        let tcx = in_netns(netns, || tcx_link_create(stub.as_fd(), path.eth0))
-            .map_err(|e| fail(e.to_string()))?;
+        let tcx = in_netns(netns, || {
+            tcx::link_create(stub.as_fd(), path.eth0, TcAttachType::Ingress)
+        })
+        .map_err(|e| fail(e.to_string()))?;
         let attached = self.attached.get_mut(&link.ifindex).expect("checked above");
         attached.eth0 = Some(Eth0Hook {
             _link: tcx,
@@ -131,33 +133,27 @@ impl Programs {
         if self.eth0_ready {
             return Ok(());
         }
-        let mut fds = Vec::new();
-        for name in [ETH0_PROGRAM, ETH0_REJECTED_PROGRAM] {
-            let prog: &SchedClassifier = self
-                .ebpf
-                .program(name)
-                .ok_or(AttachError::Missing(name))?
-                .try_into()
-                .map_err(AttachError::load)?;
-            // Not loaded: load_eth0 was not called (a capture of host
-            // interfaces, or --redirect-fallback never).
-            fds.push(clone_fd(prog)?);
-        }
-        let entry = match &mut self.filters {
-            Some(filters) => clone_fd(filters.eth0().map_err(AttachError::Translate)?)?,
-            None => fds[0].try_clone().map_err(AttachError::load)?,
+        let filter = match &mut self.filters {
+            Some(filters) => {
+                let fd = filters.eth0().map_err(AttachError::Translate)?;
+                Some(fd.try_clone().map_err(AttachError::load)?)
+            }
+            None => None,
         };
-        let mut capture: ProgramArray<_> = self
-            .ebpf
-            .map_mut("CAPTURE")
-            .and_then(|m| ProgramArray::try_from(m).ok())
-            .ok_or(AttachError::Missing("CAPTURE"))?;
+        let capture = self.map_fd("CAPTURE")?;
+        // Not loaded: load_eth0 was not called (a capture of host
+        // interfaces, or --redirect-fallback never).
+        let eth0 = self.program_fd(ETH0_PROGRAM)?;
+        let entry = filter.as_ref().map_or(eth0, |fd| fd.as_fd());
         for (slot, fd) in [
-            (CAPTURE_SLOT_ETH0, &fds[0]),
-            (CAPTURE_SLOT_ETH0_REJECTED, &fds[1]),
-            (CAPTURE_SLOT_ETH0_ENTRY, &entry),
+            (CAPTURE_SLOT_ETH0, eth0),
+            (
+                CAPTURE_SLOT_ETH0_REJECTED,
+                self.program_fd(ETH0_REJECTED_PROGRAM)?,
+            ),
+            (CAPTURE_SLOT_ETH0_ENTRY, entry),
         ] {
-            capture.set(slot, fd, 0).map_err(AttachError::load)?;
+            native::prog_array_set(capture, slot, fd).map_err(AttachError::load)?;
         }
         self.eth0_ready = true;
         Ok(())
@@ -191,7 +187,7 @@ impl Programs {
             reason,
         };
         let stub = native::prog_load(&insns, STUB_NAME).map_err(fail)?;
-        native::test_run_fd(stub.as_fd(), packet, repeat).map_err(|e| fail(e.to_string()))
+        native::test_run(stub.as_fd(), packet, repeat).map_err(|e| fail(e.to_string()))
     }
 
     /// The fd of one of the object's maps the stub refers to.
@@ -207,12 +203,6 @@ impl Programs {
     pub fn eth0_hooked(&self, ifindex: u32) -> Option<u32> {
         self.attached.get(&ifindex)?.eth0.as_ref().map(|h| h.eth0)
     }
-}
-
-fn clone_fd(prog: &SchedClassifier) -> Result<aya::programs::ProgramFd, AttachError> {
-    prog.fd()
-        .and_then(|fd| fd.try_clone().map_err(Into::into))
-        .map_err(AttachError::load)
 }
 
 impl super::links::Hooked {
@@ -319,38 +309,6 @@ fn in_netns<T: Send>(netns: &Path, f: impl FnOnce() -> io::Result<T> + Send) -> 
             ))
         })
     })
-}
-
-const BPF_LINK_CREATE: libc::c_long = 28;
-const BPF_TCX_INGRESS: u32 = 46;
-/// With no relative program: first in the chain.
-const BPF_F_BEFORE: u32 = 1 << 3;
-
-#[repr(C)]
-#[derive(Default)]
-struct TcxLinkAttr {
-    prog_fd: u32,
-    target_ifindex: u32,
-    attach_type: u32,
-    flags: u32,
-    relative_fd: u32,
-    _pad: u32,
-    expected_revision: u64,
-}
-
-/// A TCX ingress link of `prog`, first in the chain of the interface with
-/// `ifindex` in the calling thread's namespace.
-fn tcx_link_create(prog: std::os::fd::BorrowedFd<'_>, ifindex: u32) -> io::Result<OwnedFd> {
-    let mut attr = TcxLinkAttr {
-        prog_fd: prog.as_raw_fd() as u32,
-        target_ifindex: ifindex,
-        attach_type: BPF_TCX_INGRESS,
-        flags: BPF_F_BEFORE,
-        ..Default::default()
-    };
-    let fd = native::bpf(BPF_LINK_CREATE, &mut attr)?;
-    // SAFETY: BPF_LINK_CREATE returned a new file descriptor we own.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 #[cfg(test)]

@@ -1,23 +1,17 @@
 //! Attaching the programs to links and detaching them: TCX links first,
 //! else clsact filters (see [`super::clsact`] for how those are owned).
 
-use std::os::fd::AsFd;
+use std::os::fd::OwnedFd;
 
-use aya::programs::{
-    links::LinkOrder,
-    tc::{self, SchedClassifierLinkId, TcAttachOptions},
-    TcAttachType,
-};
+use aya::programs::{tc, TcAttachType};
 
-use super::{clsact, eth0::Eth0Hook, AttachError, Hooks, KernelCounters, Programs, TcMode};
+use super::{clsact, eth0::Eth0Hook, tcx, AttachError, Hooks, KernelCounters, Programs, TcMode};
 use crate::{error_chain, link::HostLink};
 
 /// One program attached at one hook of a link.
 pub(super) enum Hooked {
-    Tcx {
-        hook: TcAttachType,
-        id: SchedClassifierLinkId,
-    },
+    /// Closing the link's fd detaches it.
+    Tcx { hook: TcAttachType, link: OwnedFd },
     Clsact {
         hook: clsact::Hook,
         priority: u16,
@@ -113,16 +107,9 @@ impl Programs {
                 TcMode::Clsact,
             ));
         }
-        let prog = self.entry(hook)?;
-        // First in the chain: see packets before other programs (a CNI's
-        // redirect, say) can end it; our verdict lets everything through.
-        let tcx = prog.attach_with_options(
-            &link.name,
-            hook,
-            TcAttachOptions::TcxOrder(LinkOrder::first()),
-        );
+        let tcx = tcx::link_create(self.entry(hook)?, link.ifindex, hook);
         match (tcx, mode) {
-            (Ok(id), _) => Ok((Hooked::Tcx { hook, id }, TcMode::Tcx)),
+            (Ok(link), _) => Ok((Hooked::Tcx { hook, link }, TcMode::Tcx)),
             (Err(e), TcMode::Auto) => {
                 crate::verbose(format_args!("TCX attach failed ({e}), using clsact"));
                 Ok((
@@ -130,7 +117,7 @@ impl Programs {
                     TcMode::Clsact,
                 ))
             }
-            (Err(e), _) => Err(fail(error_chain(&e))),
+            (Err(e), _) => Err(fail(format!("TCX link: {e}"))),
         }
     }
 
@@ -149,10 +136,9 @@ impl Programs {
             ),
         };
         let name = owner.filter_name(self.entry_name(hook));
-        let prog = self.entry(hook).map_err(|e| e.to_string())?;
-        let fd = prog.fd().map_err(|e| error_chain(&e))?;
+        let fd = self.entry(hook).map_err(|e| e.to_string())?;
         let tc_hook = clsact_hook(hook);
-        let (priority, handle) = clsact::add(link.ifindex, tc_hook, &fd.as_fd(), &name)
+        let (priority, handle) = clsact::add(link.ifindex, tc_hook, &fd, &name)
             .map_err(|e| format!("cannot add a tc filter: {e}"))?;
         Ok(Hooked::Clsact {
             hook: tc_hook,
@@ -189,10 +175,10 @@ impl Programs {
     /// Detaches one hook of the link with this ifindex.
     pub(super) fn release_hook(&mut self, ifindex: u32, hooked: Hooked) -> Result<(), String> {
         match hooked {
-            Hooked::Tcx { hook, id } => self
-                .entry(hook)
-                .map_err(|e| e.to_string())
-                .and_then(|prog| prog.detach(id).map_err(|e| error_chain(&e))),
+            Hooked::Tcx { link, .. } => {
+                drop(link);
+                Ok(())
+            }
             Hooked::Clsact {
                 hook,
                 priority,

@@ -11,8 +11,12 @@ mod eth0;
 mod links;
 mod native;
 mod slots;
+mod tcx;
 
-use std::collections::HashMap;
+use std::{
+    collections::HashMap,
+    os::fd::{AsFd, BorrowedFd},
+};
 
 use aya::{
     maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
@@ -298,25 +302,32 @@ impl Programs {
 
     /// The program attached at `hook`: the translated filter in front, or
     /// the capture program itself.
-    pub fn entry(&mut self, hook: TcAttachType) -> Result<&mut SchedClassifier, AttachError> {
+    pub fn entry(&self, hook: TcAttachType) -> Result<BorrowedFd<'_>, AttachError> {
         let ingress = hook == TcAttachType::Ingress;
-        if let Some(filters) = &mut self.filters {
-            return Ok(if ingress {
-                &mut filters.ingress
+        if let Some(filters) = &self.filters {
+            let fd = if ingress {
+                &filters.ingress
             } else {
-                &mut filters.egress
-            });
+                &filters.egress
+            };
+            return Ok(fd.as_fd());
         }
-        let name = if ingress {
+        self.program_fd(if ingress {
             INGRESS_PROGRAM
         } else {
             EGRESS_PROGRAM
-        };
-        self.ebpf
-            .program_mut(name)
+        })
+    }
+
+    /// The fd of one of the object's programs, loaded.
+    fn program_fd(&self, name: &'static str) -> Result<BorrowedFd<'_>, AttachError> {
+        let prog: &SchedClassifier = self
+            .ebpf
+            .program(name)
             .ok_or(AttachError::Missing(name))?
             .try_into()
-            .map_err(AttachError::load)
+            .map_err(AttachError::load)?;
+        prog.fd().map(|fd| fd.as_fd()).map_err(AttachError::load)
     }
 
     /// The kernel name of the program attached at `hook`.
