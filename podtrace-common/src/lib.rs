@@ -9,6 +9,12 @@
 pub const HOOK_INGRESS: u8 = 0;
 /// See [`HOOK_INGRESS`].
 pub const HOOK_EGRESS: u8 = 1;
+/// The ingress of the pod's own `eth0`, inside its network namespace: what
+/// the pod receives, when a CNI delivers packets there without crossing the
+/// host end of the veth (Cilium's `bpf_redirect_peer`). The record's
+/// `ifindex` is then the host link's, not eth0's (which lives in another
+/// namespace and may equal any host ifindex).
+pub const HOOK_ETH0_INGRESS: u8 = 2;
 
 /// Header of every ring record; `cap_len` packet bytes follow it directly.
 #[repr(C)]
@@ -22,7 +28,7 @@ pub struct RecordHeader {
     pub orig_len: u32,
     /// Number of packet bytes that follow this header.
     pub cap_len: u32,
-    /// [`HOOK_INGRESS`] or [`HOOK_EGRESS`].
+    /// [`HOOK_INGRESS`], [`HOOK_EGRESS`] or [`HOOK_ETH0_INGRESS`].
     pub hook: u8,
     pub _pad: [u8; 3],
 }
@@ -34,16 +40,54 @@ pub const RECORD_HEADER_LEN: usize = core::mem::size_of::<RecordHeader>();
 /// super-packets of up to 64 KiB, so this matches that, as tcpdump's would.
 pub const MAX_CAPLEN: u32 = 65535;
 
-/// Index in the per-CPU counter array: packets the filter let through (all
-/// of them without a filter). Packets seen = passed + filtered: a rejected
-/// packet bumps one counter only.
+/// Counter of a link's slot: packets the filter let through (all of them
+/// without a filter). Packets seen = passed + filtered: a rejected packet
+/// bumps one counter only.
 pub const COUNTER_PASSED: u32 = 0;
 /// Packets that could not be delivered to userspace (ring full).
 pub const COUNTER_LOST: u32 = 1;
 /// Packets rejected by the capture filter.
 pub const COUNTER_FILTERED: u32 = 2;
-/// Number of counters.
+/// Counters per slot (one unused, for alignment): slot `s`'s counter `c`
+/// is at index `s * COUNTERS_LEN + c` of the per-CPU counter array.
 pub const COUNTERS_LEN: u32 = 4;
+
+/// Slot of packets on a link without one of its own (never expected: a
+/// link's slot is set before programs are attached to it).
+pub const SLOT_UNATTRIBUTED: u32 = 0;
+
+/// Entries of the table that gives each attached link its counter slot,
+/// indexed by `ifindex % LINK_TABLE_LEN`: one array lookup per packet.
+/// A link whose entry is taken by another finds its slot in a hash map.
+pub const LINK_TABLE_LEN: u32 = 4096;
+
+/// An entry of the link table: the link it belongs to, and its slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct LinkSlot {
+    /// 0 for a free entry (no link has ifindex 0).
+    pub ifindex: u32,
+    pub slot: u32,
+}
+
+/// Slots of `CAPTURE`, the program array a translated filter tail-calls:
+/// the capture programs by hook, then the one that counts rejected packets.
+pub const CAPTURE_SLOT_INGRESS: u32 = 0;
+/// See [`CAPTURE_SLOT_INGRESS`].
+pub const CAPTURE_SLOT_EGRESS: u32 = 1;
+/// See [`CAPTURE_SLOT_INGRESS`].
+pub const CAPTURE_SLOT_REJECTED: u32 = 2;
+/// The capture program of a pod's eth0 hook, and the one that counts what
+/// a translated filter rejects there: the packet's link comes from
+/// `POD_LINK`, not from its ifindex.
+pub const CAPTURE_SLOT_ETH0: u32 = 3;
+/// See [`CAPTURE_SLOT_ETH0`].
+pub const CAPTURE_SLOT_ETH0_REJECTED: u32 = 4;
+/// Where a pod's eth0 hook goes first: the translated filter for that hook,
+/// or [`CAPTURE_SLOT_ETH0`]'s program itself when there is none.
+pub const CAPTURE_SLOT_ETH0_ENTRY: u32 = 5;
+/// Slots of `CAPTURE`.
+pub const CAPTURE_SLOTS: u32 = 6;
 
 /// One classic-BPF instruction, laid out like libpcap's `struct bpf_insn`
 /// (and the kernel's `struct sock_filter`), so a compiled filter is copied
@@ -92,6 +136,10 @@ unsafe impl aya::Pod for RecordHeader {}
 #[cfg(feature = "user")]
 // SAFETY: plain old data, repr(C), 8 bytes without padding.
 unsafe impl aya::Pod for FilterInsn {}
+
+#[cfg(feature = "user")]
+// SAFETY: plain old data, repr(C), two u32 without padding.
+unsafe impl aya::Pod for LinkSlot {}
 
 #[cfg(test)]
 mod tests {

@@ -12,16 +12,29 @@
 //! With a filter (`FILTER_LEN` > 0) each packet first runs through the
 //! classic-BPF interpreter in [`filter`]; rejected packets are only counted.
 //!
+//! `FILTER_LEN` is a read-only global, so with no filter the verifier sees
+//! the constant 0 and drops the interpreter from the program entirely.
+//!
 //! A frame whose outer 802.1Q/802.1ad tag the kernel holds in skb metadata
 //! (see `podtrace_common::VLAN_TAG_LEN`) is written, and filtered, with the
 //! tag back at offset 12, as libpcap does on Linux.
-//! `FILTER_LEN` is a read-only global, so with no filter the verifier sees
-//! the constant 0 and drops the interpreter from the program entirely.
 //!
 //! With a translated filter (userspace's `filter::translate`) the filter is
 //! a program of its own, attached in front; it tail-calls these programs
 //! through `CAPTURE` for the packets it accepts, and they run with no
 //! filter of their own.
+//!
+//! Every packet is counted (passed, filtered, lost) in the counter slot of
+//! its link, so a capture of many pods knows each one's exact numbers: one
+//! array lookup by ifindex per packet (`slot_of`). A translated filter
+//! counts what it rejects through a tail call into `podtrace_rejected`.
+//!
+//! A pod whose CNI delivers packets straight into its eth0 (Cilium's
+//! `bpf_redirect_peer`), past the host end of its veth, gets a third hook:
+//! `podtrace_eth0` at the ingress of its eth0, inside its namespace. Its
+//! ifindex there means nothing on the host, so a small stub that userspace
+//! loads per pod writes the pod's host link and counter slot to `POD_LINK`
+//! and tail-calls it (through `CAPTURE`).
 //!
 //! The programs never change the verdict: they always return `TCX_NEXT`, which
 //! continues the TCX chain and legacy direct-action filters alike (TC_ACT_OK
@@ -38,12 +51,13 @@ use aya_ebpf::{
     },
     helpers::{bpf_ktime_get_ns, bpf_skb_load_bytes},
     macros::{classifier, map},
-    maps::{PerCpuArray, ProgramArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, ProgramArray, RingBuf},
     programs::TcContext,
 };
 use podtrace_common::{
-    RecordHeader, COUNTERS_LEN, COUNTER_FILTERED, COUNTER_LOST, COUNTER_PASSED, HOOK_EGRESS,
-    HOOK_INGRESS, MAX_CAPLEN, RECORD_HEADER_LEN, VLAN_TAG_LEN, VLAN_TAG_OFFSET,
+    LinkSlot, RecordHeader, CAPTURE_SLOTS, COUNTERS_LEN, COUNTER_FILTERED, COUNTER_LOST,
+    COUNTER_PASSED, HOOK_EGRESS, HOOK_ETH0_INGRESS, HOOK_INGRESS, LINK_TABLE_LEN, MAX_CAPLEN,
+    RECORD_HEADER_LEN, SLOT_UNATTRIBUTED, VLAN_TAG_LEN, VLAN_TAG_OFFSET,
 };
 
 /// Bytes of each packet to copy; set by the loader (`-s`).
@@ -63,13 +77,33 @@ static WAKEUP_BYTES: u64 = 1 << 20;
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
 
+/// Per-CPU counters, `COUNTERS_LEN` per slot; a link's slot comes from
+/// `LINK_SLOTS`. Slots are sized by the loader (`-B`-independent: one per
+/// link a capture can hold at once).
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS_LEN, 0);
 
-/// The capture programs, by hook, for a translated filter to tail-call.
-/// Filled by the loader; unused by these programs themselves.
+/// Each attached link's slot, at `ifindex % LINK_TABLE_LEN`; set by
+/// userspace before it attaches to the link, so its first packet counts.
 #[map]
-static CAPTURE: ProgramArray = ProgramArray::with_max_entries(2, 0);
+static LINK_SLOTS: Array<LinkSlot> = Array::with_max_entries(LINK_TABLE_LEN, 0);
+
+/// Slots of the links whose table entry another link holds (rare).
+#[map]
+static LINK_SLOTS_MORE: HashMap<u32, u32> = HashMap::with_max_entries(1, 0);
+
+/// The capture programs by hook and `podtrace_rejected`, for a translated
+/// filter or a pod's eth0 stub to tail-call (see podtrace-common's
+/// `CAPTURE_SLOT_*`). Filled by the loader; unused by these programs
+/// themselves.
+#[map]
+static CAPTURE: ProgramArray = ProgramArray::with_max_entries(CAPTURE_SLOTS, 0);
+
+/// The host link and counter slot of the pod whose eth0 hook runs: written
+/// by the pod's stub just before it tail-calls `podtrace_eth0`, read in the
+/// same run on the same CPU (TC programs do not nest on one CPU).
+#[map]
+static POD_LINK: PerCpuArray<LinkSlot> = PerCpuArray::with_max_entries(1, 0);
 
 #[classifier]
 pub fn podtrace_ingress(ctx: TcContext) -> i32 {
@@ -83,11 +117,52 @@ pub fn podtrace_egress(ctx: TcContext) -> i32 {
     TCX_NEXT
 }
 
+/// Counts a packet a translated filter rejected, in its link's slot; only
+/// ever reached by a tail call from that filter.
+#[classifier]
+pub fn podtrace_rejected(ctx: TcContext) -> i32 {
+    count(slot_of(&ctx), COUNTER_FILTERED);
+    TCX_NEXT
+}
+
+/// What a pod receives, at the ingress of its own eth0; reached only from
+/// the pod's stub (directly, or through a translated filter).
+#[classifier]
+pub fn podtrace_eth0(ctx: TcContext) -> i32 {
+    if let Some(&link) = POD_LINK.get(0) {
+        capture_on(&ctx, HOOK_ETH0_INGRESS, link.ifindex, link.slot);
+    }
+    TCX_NEXT
+}
+
+/// Counts a packet a translated filter rejected at a pod's eth0.
+#[classifier]
+pub fn podtrace_eth0_rejected(_ctx: TcContext) -> i32 {
+    if let Some(link) = POD_LINK.get(0) {
+        count(link.slot, COUNTER_FILTERED);
+    }
+    TCX_NEXT
+}
+
+/// The counter slot of the link the packet is on.
 #[inline(always)]
-fn count(index: u32) {
-    if let Some(counter) = COUNTERS.get_ptr_mut(index) {
+fn slot_of(ctx: &TcContext) -> u32 {
+    // SAFETY: `skb` is the context pointer the kernel gave us.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    match LINK_SLOTS.get(ifindex % LINK_TABLE_LEN) {
+        Some(entry) if entry.ifindex == ifindex => entry.slot,
+        // SAFETY: the value is a plain u32, read at once.
+        _ => unsafe { LINK_SLOTS_MORE.get(&ifindex) }
+            .copied()
+            .unwrap_or(SLOT_UNATTRIBUTED),
+    }
+}
+
+#[inline(always)]
+fn count(slot: u32, counter: u32) {
+    if let Some(value) = COUNTERS.get_ptr_mut(slot * COUNTERS_LEN + counter) {
         // SAFETY: per-CPU slot, TC programs do not nest on one CPU.
-        unsafe { *counter += 1 };
+        unsafe { *value += 1 };
     }
 }
 
@@ -108,18 +183,26 @@ fn vlan_tag(skb: *mut __sk_buff) -> u32 {
 
 #[inline(always)]
 fn capture(ctx: &TcContext, hook: u8) {
+    // SAFETY: `skb` is the context pointer the kernel gave us.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    capture_on(ctx, hook, ifindex, slot_of(ctx));
+}
+
+/// Captures the packet as one of host link `ifindex`, counted in `slot`.
+#[inline(always)]
+fn capture_on(ctx: &TcContext, hook: u8, ifindex: u32, slot: u32) {
     // Two copies of what follows: the one for untagged packets (nearly all)
     // is what it was before tags were handled, as fast (the tag as a
-    // variable cost ~4 ns per packet, in spills and branches).
+    // variable cost a few ns per packet, in spills and branches).
     match vlan_tag(ctx.skb.skb) {
-        0 => capture_tagged(ctx, hook, 0),
-        tag => capture_tagged(ctx, hook, tag),
+        0 => capture_tagged(ctx, hook, ifindex, slot, 0),
+        tag => capture_tagged(ctx, hook, ifindex, slot, tag),
     }
 }
 
-/// Filters and copies a packet with `tag` (0: none) put back.
+/// [`capture_on`] for a packet with `tag` (0: none) put back.
 #[inline(always)]
-fn capture_tagged(ctx: &TcContext, hook: u8, tag: u32) {
+fn capture_tagged(ctx: &TcContext, hook: u8, ifindex: u32, slot: u32, tag: u32) {
     let len = ctx.len();
     // SAFETY: a read-only global; volatile so the compiler cannot fold the
     // default (the verifier does fold the loader's value).
@@ -131,17 +214,24 @@ fn capture_tagged(ctx: &TcContext, hook: u8, tag: u32) {
         filter::run(ctx.skb.skb, len, tag)
     };
     if keep == 0 {
-        count(COUNTER_FILTERED);
+        count(slot, COUNTER_FILTERED);
         return;
     }
-    count(COUNTER_PASSED);
-    if try_capture(ctx, hook, len, tag, keep).is_err() {
-        count(COUNTER_LOST);
+    count(slot, COUNTER_PASSED);
+    if try_capture(ctx, hook, ifindex, len, tag, keep).is_err() {
+        count(slot, COUNTER_LOST);
     }
 }
 
 #[inline(always)]
-fn try_capture(ctx: &TcContext, hook: u8, len: u32, tag: u32, keep: u32) -> Result<(), ()> {
+fn try_capture(
+    ctx: &TcContext,
+    hook: u8,
+    ifindex: u32,
+    len: u32,
+    tag: u32,
+    keep: u32,
+) -> Result<(), ()> {
     let skb = ctx.skb.skb;
     // SAFETY: a read-only global, see FILTER_LEN.
     let snaplen = unsafe { core::ptr::read_volatile(&SNAPLEN) };
@@ -161,8 +251,7 @@ fn try_capture(ctx: &TcContext, hook: u8, len: u32, tag: u32, keep: u32) -> Resu
     let header = RecordHeader {
         // SAFETY: BPF helper, always valid in program context.
         ts_ns: unsafe { bpf_ktime_get_ns() },
-        // SAFETY: `skb` is the context pointer the kernel gave us.
-        ifindex: unsafe { (*skb).ifindex },
+        ifindex,
         orig_len: wire_len,
         cap_len: n,
         hook,

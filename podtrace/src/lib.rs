@@ -2,20 +2,24 @@
 //! entering or changing the pod.
 //!
 //! The pipeline, one module per step:
-//! `target` (pod → sandbox pid, over CRI) → [`link`] (pid or netns → host
-//! veth) → [`attach`] (TC programs, TCX or clsact, with the [`filter`]
-//! libpcap compiled) → [`ring`] (drain and decode records) → [`sink`]
-//! (pcap, text), driven by [`capture`].
+//! [`target`] (which pods: names, labels, over CRI) → [`link`] (pid or
+//! netns → host veth; link events) → [`watch`] (targets joining and leaving)
+//! → [`session`] (one ring, one sink, targets added and removed while it
+//! runs) → [`attach`] (TC programs, TCX or clsact, with the [`filter`]
+//! libpcap compiled; per-link counters) → [`ring`] (drain and decode
+//! records) → [`sink`] (pcap, pcapng, text, rotation).
 
 pub mod attach;
-pub mod capture;
 pub mod filter;
 pub mod link;
 pub mod preflight;
 mod progress;
 pub mod ring;
+mod rtnl;
+pub mod session;
 pub mod sink;
 pub mod target;
+pub mod watch;
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
@@ -33,10 +37,10 @@ pub fn verbose(args: std::fmt::Arguments<'_>) {
     }
 }
 
-/// An error and its sources, "outer: inner: innermost", without repeating a
-/// message a Display already includes: for library errors that hide their
-/// cause (aya's, tonic's).
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+/// An error and its sources on one line, "outer: inner: innermost", without
+/// repeating a message a Display already includes (aya's and tonic's errors
+/// hide their causes in `source`).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

@@ -6,11 +6,12 @@ use std::process::ExitCode;
 
 use cli::Command;
 use podtrace::{
-    capture::{self, StopReason},
     filter::FilterError,
     link::LinkError,
     preflight,
-    target::TargetError,
+    session::{self, StopReason},
+    target::{SelectorError, TargetError},
+    watch::WatchError,
 };
 
 fn main() -> ExitCode {
@@ -19,7 +20,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("podtrace: {}", one_line(&err));
+            eprintln!("podtrace: {}", podtrace::error_chain(err.as_ref()));
             ExitCode::from(exit_code(&err))
         }
     }
@@ -35,22 +36,47 @@ fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Capture(args) => {
-            preflight::check()?;
+            preflight::check(preflight_reach(&args))?;
             let plan = runtime.block_on(args.plan(cli.verbose > 0))?;
-            let start_line = |mode| cli::describe_start(&plan, mode);
-            let summary = runtime.block_on(capture::run(plan.clone(), |programs| {
-                eprintln!("podtrace: {}", start_line(programs.mode_used));
-            }))?;
+            let start_line = cli::StartLine::new(&plan);
+            let cli::Plan { capture, start, .. } = plan;
+            let summary = runtime.block_on(async {
+                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                let watcher = tokio::spawn(start.watcher.run(tx));
+                let summary = session::run(capture, start.initial, rx, |session| {
+                    eprintln!("podtrace: {}", start_line.render(session.mode_used));
+                })
+                .await;
+                watcher.abort();
+                summary
+            })?;
             if let StopReason::TargetGone(what) = &summary.reason {
                 eprintln!("podtrace: {what}");
+            }
+            for note in &summary.notes {
+                eprintln!("podtrace: {note}");
             }
             eprintln!("{}", summary.line());
             Ok(ExitCode::SUCCESS)
         }
         Command::Pods(args) => {
-            print_out(&runtime.block_on(args.run())?)?;
+            print_out(&runtime.block_on(args.run(cli.verbose > 0))?)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Agent(args) => {
+            runtime.block_on(args.run())?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Whether the capture reads other processes' `/proc/PID` (CAP_SYS_PTRACE).
+fn preflight_reach(args: &cli::CaptureArgs) -> preflight::Reach {
+    let bind_mounted_netns = args.netns.as_ref().is_some_and(|p| !p.starts_with("/proc"));
+    if args.iface.is_some() || bind_mounted_netns {
+        preflight::Reach::Interface
+    } else {
+        preflight::Reach::Processes
     }
 }
 
@@ -64,47 +90,26 @@ fn print_out(text: &str) -> std::io::Result<()> {
     }
 }
 
-/// The error and its causes on one line, without repeating what a message
-/// already includes.
-fn one_line(err: &anyhow::Error) -> String {
-    let mut line = err.to_string();
-    for cause in err.chain().skip(1) {
-        let text = cause.to_string();
-        if !line.contains(&text) {
-            line.push_str(": ");
-            line.push_str(&text);
-        }
-    }
-    line
-}
-
 /// 2 for what the user asked that cannot be (bad target), 1 for failures.
 fn exit_code(err: &anyhow::Error) -> u8 {
     if let Some(e) = err.downcast_ref::<LinkError>() {
         return if e.is_bad_target() { 2 } else { 1 };
     }
-    if err.downcast_ref::<cli::TargetMissing>().is_some() {
+    if err.downcast_ref::<cli::TargetMissing>().is_some()
+        || err.downcast_ref::<cli::UsageError>().is_some()
+        || err.downcast_ref::<cli::PcapCannotName>().is_some()
+        || err.downcast_ref::<SelectorError>().is_some()
+    {
         return 2;
+    }
+    if let Some(e) = err.downcast_ref::<WatchError>() {
+        return if e.is_bad_target() { 2 } else { 1 };
     }
     if let Some(e) = err.downcast_ref::<FilterError>() {
         return if e.is_bad_input() { 2 } else { 1 };
     }
     if let Some(e) = err.downcast_ref::<TargetError>() {
-        use TargetError as T;
-        let bad = matches!(
-            e,
-            T::InvalidSelector { .. }
-                | T::NamespaceConflict { .. }
-                | T::InvalidEndpoint(_)
-                | T::PodNotFound { .. }
-                | T::UidNotFound(_)
-                | T::ContainerNotFound(_)
-                | T::AmbiguousContainer { .. }
-                | T::SandboxNotFound(_)
-                | T::NotReady { .. }
-                | T::HostNetwork { .. }
-        );
-        return if bad { 2 } else { 1 };
+        return if e.is_bad_target() { 2 } else { 1 };
     }
     1
 }

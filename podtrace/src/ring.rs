@@ -13,7 +13,9 @@ use std::{
 };
 
 use aya::maps::{MapData, RingBuf};
-use podtrace_common::{RecordHeader, HOOK_EGRESS, HOOK_INGRESS, RECORD_HEADER_LEN};
+use podtrace_common::{
+    RecordHeader, HOOK_EGRESS, HOOK_ETH0_INGRESS, HOOK_INGRESS, RECORD_HEADER_LEN,
+};
 use tokio::io::unix::AsyncFd;
 
 /// Which way a packet went, from the capture target's point of view: for a
@@ -26,11 +28,13 @@ pub enum Direction {
 
 impl Direction {
     /// The direction of a packet seen at `hook` of a host interface; on the
-    /// host end of a target's veth the view flips.
+    /// host end of a target's veth the view flips. The ingress of a pod's
+    /// own eth0 is what it receives.
     pub fn from_hook(hook: u8, peer_is_target: bool) -> Option<Self> {
         let host_view = match hook {
             HOOK_INGRESS => Self::In,
             HOOK_EGRESS => Self::Out,
+            HOOK_ETH0_INGRESS => return Some(Self::In),
             _ => return None,
         };
         Some(if peer_is_target {
@@ -122,6 +126,11 @@ impl Clock {
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
     }
+}
+
+/// CLOCK_MONOTONIC now, in ns: the clock of the records' timestamps.
+pub fn monotonic_ns() -> u64 {
+    clock_ns(libc::CLOCK_MONOTONIC) as u64
 }
 
 fn clock_ns(clock: libc::clockid_t) -> i128 {

@@ -9,7 +9,7 @@ use std::{
 use anyhow::{ensure, Context, Result};
 use aya::programs::{SchedClassifier, TcAttachType};
 use podtrace_tests::{
-    netns::TestNet,
+    netns::{link_packets, TestNet},
     run::{self, Capture, Finished},
     traffic, tshark,
 };
@@ -35,27 +35,48 @@ pub fn assert_released(done: &Finished, iface: &str) -> Result<()> {
         left.is_empty(),
         "podtrace's programs {left:?} are still loaded"
     );
-    if std::path::Path::new("/sys/class/net").join(iface).exists() {
-        for hook in [TcAttachType::Ingress, TcAttachType::Egress] {
-            let (_, programs) = SchedClassifier::query_tcx(iface, hook)?;
-            let ours: Vec<_> = programs
-                .iter()
-                .filter(|p| p.name_as_str().is_some_and(|n| n.starts_with("podtrace")))
-                .map(|p| p.id())
-                .collect();
-            ensure!(
-                ours.is_empty(),
-                "podtrace programs {ours:?} still attached to {iface}"
-            );
-        }
-        let filters = podtrace_tests::sh(&["tc", "filter", "show", "dev", iface, "ingress"])?
-            + &podtrace_tests::sh(&["tc", "filter", "show", "dev", iface, "egress"])?;
-        ensure!(
-            !filters.contains("podtrace"),
-            "podtrace filters left on {iface}:\n{filters}"
-        );
-    }
+    let attached = attached_to(iface)?;
+    ensure!(attached.is_empty(), "left on {iface}: {attached:?}");
     Ok(())
+}
+
+/// For a run that failed before or while attaching (so its programs were
+/// never seen): nothing of podtrace's on either TC hook of `iface`, TCX or
+/// clsact, and no podtrace program loaded since program id `since` that no
+/// process holds (one left attached or pinned would be).
+pub fn assert_nothing_attached(iface: &str, since: u32) -> Result<()> {
+    let attached = attached_to(iface)?;
+    ensure!(attached.is_empty(), "left on {iface}: {attached:?}");
+    let orphans = run::orphan_programs(since)?;
+    ensure!(
+        orphans.is_empty(),
+        "podtrace programs {orphans:?} outlived the run"
+    );
+    Ok(())
+}
+
+/// podtrace's programs on `iface`'s TCX hooks and its clsact filters.
+fn attached_to(iface: &str) -> Result<Vec<String>> {
+    let mut found = Vec::new();
+    if !std::path::Path::new("/sys/class/net").join(iface).exists() {
+        return Ok(found);
+    }
+    for (hook, name) in [
+        (TcAttachType::Ingress, "ingress"),
+        (TcAttachType::Egress, "egress"),
+    ] {
+        let (_, programs) = SchedClassifier::query_tcx(iface, hook)?;
+        for p in programs {
+            if p.name_as_str().is_some_and(|n| n.starts_with("podtrace")) {
+                found.push(format!("TCX {name} program {}", p.id()));
+            }
+        }
+        let filters = podtrace_tests::sh(&["tc", "filter", "show", "dev", iface, name])?;
+        for line in filters.lines().filter(|l| l.contains("podtrace")) {
+            found.push(format!("clsact {name} filter {}", line.trim()));
+        }
+    }
+    Ok(found)
 }
 
 fn now() -> f64 {
@@ -83,8 +104,10 @@ fn tcp_payload_from(file: &Path, src: &str) -> Result<Vec<u8>> {
 }
 
 /// ICMP + TCP both ways on `net`, captured with `target_args`; the file
-/// must hold exactly that, with sane timestamps.
+/// must hold exactly that (no ARP: neighbours are pinned; no IPv6), as many
+/// packets as the veth's own counters saw, with sane timestamps.
 fn icmp_and_tcp(net: &TestNet, target_args: &[&str]) -> Result<()> {
+    net.pin_neighbours()?;
     let dir = tempdir()?;
     let file = dir.path().join("out.pcap");
     let mut args = vec!["capture"];
@@ -92,10 +115,14 @@ fn icmp_and_tcp(net: &TestNet, target_args: &[&str]) -> Result<()> {
     args.extend_from_slice(&["-w", file.to_str().unwrap()]);
     let start = now();
     let capture = Capture::start(&args)?;
+    let counted = link_packets(&net.host_if)?;
     net.ping(5, 56)?;
     let request = traffic::pattern(3000, 1);
     let reply = traffic::pattern(1200, 7);
     traffic::tcp_exchange(net, (net.ns_ip, 9000).into(), &request, &reply)?;
+    // The last ACK of the close may trail the exchange by a moment.
+    std::thread::sleep(Duration::from_millis(200));
+    let counted = link_packets(&net.host_if)? - counted;
     let end = now();
     let done = capture.stop(libc::SIGINT)?;
     ensure!(done.status.success(), "podtrace failed: {}", done.stderr);
@@ -117,12 +144,39 @@ fn icmp_and_tcp(net: &TestNet, target_args: &[&str]) -> Result<()> {
         tcp_payload_from(&file, &ns)? == reply,
         "ns→host TCP payload differs"
     );
+    // One connection, opened and closed once each way, nothing sent twice,
+    // and nothing else at all.
+    for (what, filter, want) in [
+        ("SYNs", "tcp.flags.syn==1 && tcp.flags.ack==0".to_owned(), 1),
+        ("SYN-ACKs", "tcp.flags.syn==1 && tcp.flags.ack==1".to_owned(), 1),
+        ("FINs from the host", format!("tcp.flags.fin==1 && ip.src=={host}"), 1),
+        ("FINs from the namespace", format!("tcp.flags.fin==1 && ip.src=={ns}"), 1),
+        ("resets", "tcp.flags.reset==1".to_owned(), 0),
+        (
+            "retransmissions or duplicates",
+            "tcp.analysis.retransmission || tcp.analysis.fast_retransmission || tcp.analysis.duplicate_ack".to_owned(),
+            0,
+        ),
+        ("TCP streams beyond the first", "tcp.stream > 0".to_owned(), 0),
+        (
+            "packets that are neither",
+            format!("!(icmp.type==8 || icmp.type==0) && !(tcp.port==9000 && ip.addr=={ns} && ip.addr=={host})"),
+            0,
+        ),
+    ] {
+        let got = tshark::count(&file, &filter)?;
+        ensure!(got == want, "{got} {what}, want {want}");
+    }
 
     let times = tshark::fields(&file, "", &["frame.time_epoch"])?;
     ensure!(
         times.len() as u64 == captured,
         "file has {} packets, summary says {captured}",
         times.len()
+    );
+    ensure!(
+        captured == counted,
+        "captured {captured}, the veth's counters saw {counted}"
     );
     let times: Vec<f64> = times
         .iter()
@@ -225,13 +279,31 @@ pub fn sigint_after_burst_loses_nothing() -> Result<()> {
 
 pub fn count_and_duration_stop() -> Result<()> {
     let net = TestNet::new()?;
-    let capture = Capture::start(&["capture", "-i", &net.host_if, "-c", "4", "-w", "/dev/null"])?;
+    // No ARP: the first packets are the pings'.
+    net.pin_neighbours()?;
+    let dir = tempdir()?;
+    let file = dir.path().join("c.pcap");
+    let capture = Capture::start(&[
+        "capture",
+        "-i",
+        &net.host_if,
+        "-c",
+        "4",
+        "-w",
+        file.to_str().unwrap(),
+    ])?;
     net.ping(4, 56)?;
     let first = capture.wait(Duration::from_secs(10))?;
     ensure!(
         first.status.success() && first.summary()?.0 == 4,
         "-c 4: {}",
         first.stderr
+    );
+    // The file holds the first 4 of the 8 packets: two pings and their replies.
+    let types = tshark::fields(&file, "", &["icmp.type"])?;
+    ensure!(
+        types == [["8"], ["0"], ["8"], ["0"]],
+        "-c 4 wrote {types:?}"
     );
 
     let started = std::time::Instant::now();

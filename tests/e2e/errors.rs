@@ -2,14 +2,13 @@
 //! nothing attached.
 
 use anyhow::{ensure, Result};
-use aya::programs::{SchedClassifier, TcAttachType};
 use podtrace_tests::{
     netns::TestNet,
     run::{self, run_with_env, Finished},
     sh,
 };
 
-use crate::capture::tempdir;
+use crate::capture::{assert_nothing_attached, tempdir};
 
 /// Exactly one stderr line containing `needle`, and exit `code`.
 pub(crate) fn expect_error(done: &Finished, code: i32, needle: &str) -> Result<()> {
@@ -76,6 +75,7 @@ pub fn pid_in_host_netns() -> Result<()> {
 }
 
 pub fn kernel_without_btf() -> Result<()> {
+    let since = run::last_prog_id()?;
     let done = run_with_env(
         &["capture", "-i", "lo"],
         &[("PODTRACE_KERNEL_BTF", "/nonexistent/vmlinux")],
@@ -84,11 +84,13 @@ pub fn kernel_without_btf() -> Result<()> {
         &done,
         1,
         "this kernel has no BTF (/nonexistent/vmlinux is missing)",
-    )
+    )?;
+    assert_nothing_attached("lo", since)
 }
 
 pub fn unwritable_output() -> Result<()> {
     let net = TestNet::new()?;
+    let since = run::last_prog_id()?;
     let done = run::run(&[
         "capture",
         "-i",
@@ -102,9 +104,7 @@ pub fn unwritable_output() -> Result<()> {
         "cannot open /nonexistent-dir/x.pcap for writing: No such file or directory",
     )?;
     // The output is opened before anything is loaded or attached.
-    let (_, programs) = SchedClassifier::query_tcx(&net.host_if, TcAttachType::Ingress)?;
-    ensure!(programs.is_empty(), "something attached to {}", net.host_if);
-    Ok(())
+    assert_nothing_attached(&net.host_if, since)
 }
 
 pub fn output_file_is_private() -> Result<()> {

@@ -268,8 +268,8 @@ pub fn filters_match_tcpdump_on_tagged_frames() -> Result<()> {
         let count = |expr: &str| {
             selected
                 .iter()
-                .find(|(e, _)| e == expr)
-                .map(|(_, n)| *n)
+                .find(|(e, _, _)| e == expr)
+                .map(|(_, n, _)| *n)
                 .context(expr.to_owned())
         };
         ensure!(

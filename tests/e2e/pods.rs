@@ -23,7 +23,7 @@ use crate::{
 static NODE: Mutex<Option<Arc<Node>>> = Mutex::new(None);
 
 /// The node shared by the pod tests, started by the first one.
-fn node() -> Result<Arc<Node>> {
+pub(crate) fn node() -> Result<Arc<Node>> {
     let mut slot = NODE.lock().unwrap_or_else(|e| e.into_inner());
     if slot.is_none() {
         *slot = Some(Arc::new(Node::start().context("starting the test node")?));
@@ -171,11 +171,14 @@ pub fn namespace_and_selector_forms() -> Result<()> {
     let prod = TestPod::run(PodSpec::new("web2").namespace("prod"))?;
     let ep = endpoint()?;
     let prefix = &prod.pod.container_id[..12];
-    let forms: [&[&str]; 4] = [
+    // As `kubectl get pod -o yaml` shows a container id.
+    let runtime_id = format!("containerd://{}", prod.pod.container_id);
+    let forms: [&[&str]; 5] = [
         &["web2", "-n", "prod"],
         &["prod/web2"],
         &["--uid", &prod.pod.uid],
         &["--container", prefix],
+        &["--container", &runtime_id],
     ];
     let dir = tempdir()?;
     for (i, form) in forms.iter().enumerate() {
@@ -213,22 +216,8 @@ pub fn pods_lists_pods_with_veths() -> Result<()> {
     let all = run::run(&["pods", "-A", "--runtime-endpoint", &ep])?;
     ensure!(all.status.success(), "{}", all.stderr);
     for (ns, pod) in [("default", &a), ("prod", &b)] {
-        let veth = pod.pod.host_veth.as_ref().context("no veth")?;
-        let want = [
-            ns,
-            "web3",
-            "Ready",
-            &pod.ip().to_string(),
-            &veth.name,
-            &veth.ifindex.to_string(),
-            &pod.pod.uid,
-        ]
-        .map(str::to_owned);
-        let found = all.stdout.lines().any(|l| {
-            l.split_whitespace()
-                .map(str::to_owned)
-                .eq(want.iter().cloned())
-        });
+        let want = row(ns, pod)?;
+        let found = all.stdout.lines().any(|l| words(l) == want);
         ensure!(found, "no row {want:?} in:\n{}", all.stdout);
     }
     ensure!(
@@ -238,9 +227,18 @@ pub fn pods_lists_pods_with_veths() -> Result<()> {
         "hostNetwork pod not shown as such:\n{}",
         all.stdout
     );
+    // -n prod: the header and the prod pod's row, nothing else.
     let prod_only = run::run(&["pods", "-n", "prod", "--runtime-endpoint", &ep])?;
     ensure!(
-        prod_only.stdout.lines().count() == 2,
+        prod_only.status.success() && prod_only.stderr.is_empty(),
+        "-n prod: exit {:?}: {}",
+        prod_only.status.code(),
+        prod_only.stderr
+    );
+    let lines: Vec<Vec<String>> = prod_only.stdout.lines().map(words).collect();
+    let header = ["NAMESPACE", "NAME", "STATE", "IP", "VETH", "IFINDEX", "UID"].map(str::to_owned);
+    ensure!(
+        lines == [header.to_vec(), row("prod", &b)?],
         "-n prod:\n{}",
         prod_only.stdout
     );
@@ -248,11 +246,56 @@ pub fn pods_lists_pods_with_veths() -> Result<()> {
     Ok(())
 }
 
+/// The row `podtrace pods` should print for `pod` in namespace `ns`.
+fn row(ns: &str, pod: &TestPod) -> Result<Vec<String>> {
+    let veth = pod.pod.host_veth.as_ref().context("no veth")?;
+    Ok([
+        ns,
+        &pod.pod.name,
+        "Ready",
+        &pod.ip().to_string(),
+        &veth.name,
+        &veth.ifindex.to_string(),
+        &pod.pod.uid,
+    ]
+    .map(str::to_owned)
+    .to_vec())
+}
+
+fn words(line: &str) -> Vec<String> {
+    line.split_whitespace().map(str::to_owned).collect()
+}
+
 pub fn pod_errors() -> Result<()> {
     let ep = endpoint()?;
     let _prod = TestPod::run(PodSpec::new("web4").namespace("prod"))?;
     let done = run::run(&["capture", "web4", "--runtime-endpoint", &ep])?;
     expect_error(&done, 2, "pod default/web4 not found on this node; a pod named web4 exists in namespace prod: use -n prod")?;
+    let done = run::run(&["capture", "prod/wbe4", "--runtime-endpoint", &ep])?;
+    expect_error(
+        &done,
+        2,
+        "pod prod/wbe4 not found on this node; did you mean web4?",
+    )?;
+    let done = run::run(&[
+        "capture",
+        "--container",
+        "ffffffffff",
+        "--runtime-endpoint",
+        &ep,
+    ])?;
+    expect_error(&done, 2, "no container with id ffffffffff on this node")?;
+    // The endpoint from the environment, as crictl takes it.
+    let done = run::run_with_env(
+        &["pods", "-n", "prod"],
+        &[("CONTAINER_RUNTIME_ENDPOINT", ep.as_str())],
+    )?;
+    ensure!(
+        done.status.success() && done.stdout.lines().any(|l| l.contains("web4")),
+        "pods with CONTAINER_RUNTIME_ENDPOINT: {}{}",
+        done.stdout,
+        done.stderr
+    );
 
     let sleepy = TestPod::run(PodSpec::new("sleepy"))?;
     sleepy.node.stop_pod_sandbox(&sleepy.pod)?;
@@ -270,6 +313,18 @@ pub fn pod_errors() -> Result<()> {
         "unix:///nonexistent/cri.sock",
     ])?;
     expect_error(&done, 1, "/nonexistent/cri.sock does not exist")?;
+
+    // Issue 15: a regular file is not "connection refused".
+    let dir = tempdir()?;
+    let file = dir.path().join("cri.sock");
+    std::fs::write(&file, "")?;
+    let done = run::run(&[
+        "capture",
+        "web4",
+        "--runtime-endpoint",
+        file.to_str().unwrap(),
+    ])?;
+    expect_error(&done, 1, "cri.sock is not a socket: it is a regular file")?;
 
     // `podtrace pods` needs no eBPF, so an unprivileged user gets as far as the socket.
     let done = run::run_unprivileged(&["pods", "--runtime-endpoint", &ep])?;

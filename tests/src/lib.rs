@@ -8,6 +8,7 @@ pub mod http;
 pub mod netns;
 pub mod node;
 pub mod pcap;
+pub mod pcapng;
 pub mod run;
 mod sh;
 pub mod traffic;

@@ -255,6 +255,20 @@ impl TestNet {
     }
 }
 
+/// The packets `iface`'s TC hooks see, as its own counters say: received,
+/// sent, and dropped on sending (after TC egress ran): an independent count
+/// of what a capture on it should hold. (veth counts an skb once, GSO or
+/// not, as TC sees it.)
+pub fn link_packets(iface: &str) -> Result<u64> {
+    let mut total = 0;
+    for counter in ["rx_packets", "tx_packets", "tx_dropped"] {
+        let path = format!("/sys/class/net/{iface}/statistics/{counter}");
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+        total += text.trim().parse::<u64>().with_context(|| path.clone())?;
+    }
+    Ok(total)
+}
+
 /// A net number N (10.246.N.0/24, ptest-N, ptestNh) that no other test
 /// process uses: test suites of several worktrees may run side by side, and
 /// each process counting from 1 made them delete each other's namespaces

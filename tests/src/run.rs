@@ -38,14 +38,36 @@ impl Finished {
         Ok((captured, lost))
     }
 
+    /// Packets that reached pods past their host veth and are not in the
+    /// capture, as the summary line says (0 when it does not mention any).
+    pub fn missed(&self) -> Result<u64> {
+        let line = self.summary_line()?;
+        Ok(match line.split_once(MISSED) {
+            Some((head, _)) => head
+                .rsplit(", ")
+                .next()
+                .and_then(|n| n.parse().ok())
+                .with_context(|| format!("unexpected summary line {line:?}"))?,
+            None => 0,
+        })
+    }
+
+    fn summary_line(&self) -> Result<&str> {
+        self.stderr
+            .lines()
+            .find(|l| l.contains("packets captured"))
+            .with_context(|| format!("no summary line in stderr:\n{}", self.stderr))
+    }
+
     /// (captured, filtered, lost) from the summary line; `filtered` is
     /// `None` when the run had no filter (the line does not mention it).
     pub fn summary_filtered(&self) -> Result<(u64, Option<u64>, u64)> {
-        let line = self
-            .stderr
-            .lines()
-            .find(|l| l.contains("packets captured"))
-            .with_context(|| format!("no summary line in stderr:\n{}", self.stderr))?;
+        let line = self.summary_line()?;
+        // ", N missed (…)" comes last, when there are any.
+        let line = match line.split_once(MISSED) {
+            Some((head, _)) => head.rsplit_once(", ").map_or(head, |(h, _)| h),
+            None => line,
+        };
         let nums: Vec<u64> = line
             .split_whitespace()
             .filter_map(|w| w.trim_end_matches(',').parse().ok())
@@ -68,6 +90,9 @@ impl Finished {
         }
     }
 }
+
+/// How the summary line ends when packets reached pods past their veth.
+const MISSED: &str = " missed (delivered past the host veth)";
 
 /// Runs podtrace to completion (error paths, -c, --duration).
 pub fn run(args: &[&str]) -> Result<Finished> {
@@ -124,24 +149,55 @@ pub struct Capture {
 impl Capture {
     /// Starts podtrace and waits until it says it is capturing.
     pub fn start(args: &[&str]) -> Result<Self> {
-        Ok(Self::spawn(args, false)?.0)
+        Ok(Self::spawn(&[], args, false)?.0)
+    }
+
+    /// Like [`start`](Self::start), with podtrace run by `wrapper` (e.g.
+    /// `["nohup"]`), which must exec it.
+    pub fn start_via(wrapper: &[&str], args: &[&str]) -> Result<Self> {
+        Ok(Self::spawn(wrapper, args, false)?.0)
+    }
+
+    /// Like [`start`](Self::start) for a command that ends up exec'ing podtrace in its own
+    /// process (`unshare … chroot DIR /podtrace …`), so the pid is podtrace's.
+    pub fn start_command(command: Command) -> Result<Self> {
+        Ok(Self::spawn_command(command, false)?.0)
     }
 
     /// Like [`start`](Self::start), but hands podtrace's stdout to the caller
     /// (a live `-w -` stream).
     pub fn start_streaming(args: &[&str]) -> Result<(Self, ChildStdout)> {
-        let (capture, out) = Self::spawn(args, true)?;
+        let (capture, out) = Self::spawn(&[], args, true)?;
         Ok((capture, out.expect("stdout kept")))
     }
 
-    fn spawn(args: &[&str], keep_stdout: bool) -> Result<(Self, Option<ChildStdout>)> {
-        let mut child = Command::new(bin())
-            .args(args)
+    fn spawn(
+        wrapper: &[&str],
+        args: &[&str],
+        keep_stdout: bool,
+    ) -> Result<(Self, Option<ChildStdout>)> {
+        let mut command = match wrapper {
+            [] => Command::new(bin()),
+            [program, rest @ ..] => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(bin());
+                c
+            }
+        };
+        command.args(args);
+        Self::spawn_command(command, keep_stdout)
+    }
+
+    fn spawn_command(
+        mut command: Command,
+        keep_stdout: bool,
+    ) -> Result<(Self, Option<ChildStdout>)> {
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .with_context(|| format!("starting {}", bin().display()))?;
+            .with_context(|| format!("starting {command:?}"))?;
         let (tx, rx) = mpsc::channel();
         let err = child.stderr.take().unwrap();
         thread::spawn(move || {
@@ -277,4 +333,80 @@ pub fn prog_exists(id: u32) -> bool {
         .args(["prog", "show", "id", &id.to_string()])
         .output()
         .is_ok_and(|o| o.status.success())
+}
+
+/// The highest eBPF program id the kernel has handed out so far (ids only
+/// grow): programs loaded later have higher ids.
+pub fn last_prog_id() -> anyhow::Result<u32> {
+    Ok(all_prog_ids()?.into_iter().max().unwrap_or(0))
+}
+
+/// podtrace's eBPF programs (by name) loaded after `since` that no process
+/// holds open, as seen over ~3 s: a program a run left attached through tc
+/// or pinned outlives the process, while one being freed goes away.
+pub fn orphan_programs(since: u32) -> anyhow::Result<Vec<u32>> {
+    let mut orphans = Vec::new();
+    for _ in 0..30 {
+        let held: Vec<u32> = held_prog_ids();
+        orphans = podtrace_programs()?
+            .into_iter()
+            .filter(|id| *id > since && !held.contains(id))
+            .collect();
+        if orphans.is_empty() {
+            break;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    Ok(orphans)
+}
+
+fn bpftool_programs() -> anyhow::Result<Vec<serde_json::Value>> {
+    let out = Command::new("bpftool")
+        .args(["prog", "show", "-j"])
+        .output()
+        .context("running bpftool")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "bpftool prog show: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    if text.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    serde_json::from_str::<Vec<serde_json::Value>>(&text).context("bpftool's JSON")
+}
+
+fn all_prog_ids() -> anyhow::Result<Vec<u32>> {
+    Ok(bpftool_programs()?
+        .iter()
+        .filter_map(|p| p["id"].as_u64().and_then(|id| u32::try_from(id).ok()))
+        .collect())
+}
+
+/// Ids of loaded programs whose name starts with `podtrace`.
+fn podtrace_programs() -> anyhow::Result<Vec<u32>> {
+    Ok(bpftool_programs()?
+        .iter()
+        .filter(|p| {
+            p["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("podtrace"))
+        })
+        .filter_map(|p| p["id"].as_u64().and_then(|id| u32::try_from(id).ok()))
+        .collect())
+}
+
+/// Program ids any process holds an fd of.
+fn held_prog_ids() -> Vec<u32> {
+    let mut held: Vec<u32> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .flat_map(prog_ids_of)
+        .collect();
+    held.sort_unstable();
+    held.dedup();
+    held
 }

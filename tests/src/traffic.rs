@@ -37,8 +37,9 @@ pub fn on_one_cpu<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
 
 /// ARP (neighbours flushed first), ICMP echo small and large, TCP with a
 /// handshake and payload both ways (GSO-sized on the host's side), a RST,
-/// UDP to several ports both ways (some closed: ICMP unreachable), and the
-/// same over IPv6 when it is on.
+/// UDP to several ports both ways (some closed: ICMP unreachable), 802.1Q
+/// tagged datagrams, a bulk transfer of zeros whose GSO packets run past
+/// 60000 bytes, and the same over IPv6 when it is on.
 pub fn mixed(net: &TestNet, v6: Option<(Ipv6Addr, Ipv6Addr)>) -> Result<()> {
     sh(&["ip", "neigh", "flush", "dev", &net.host_if])?;
     net.in_ns(&["ip", "neigh", "flush", "dev", "eth0"])?;
@@ -51,6 +52,10 @@ pub fn mixed(net: &TestNet, v6: Option<(Ipv6Addr, Ipv6Addr)>) -> Result<()> {
     // Nobody listens on 9001: a SYN, then a RST.
     let _ = TcpStream::connect_timeout(&(ns, 9001).into(), Duration::from_secs(2));
     udp_both_ways(net, host, ns)?;
+    for len in [20, 300] {
+        tagged_udp(net, 10, 7001, &pattern(len, 5))?;
+    }
+    tcp_exchange(net, (ns, 9002).into(), &vec![0; 1 << 20], b"done")?;
     if let Some((host6, ns6)) = v6 {
         sh(&[
             "busybox",
@@ -97,10 +102,78 @@ fn udp_both_ways(net: &TestNet, host: IpAddr, ns: IpAddr) -> Result<()> {
         // To a closed port on the host: it answers with ICMP unreachable.
         s.send_to(&pattern(50, 3), (host, 7003))?;
         s.send_to(&pattern(1200, 4), (host, 53))?;
+        // To the subnet's broadcast: a frame not addressed to the host's MAC.
+        if let IpAddr::V4(ns) = ns {
+            let [a, b, c, _] = ns.octets();
+            s.set_broadcast(true)?;
+            s.send_to(
+                &pattern(30, 6),
+                (std::net::Ipv4Addr::new(a, b, c, 255), 7009),
+            )?;
+        }
         Ok(())
     })??;
     std::thread::sleep(Duration::from_millis(50));
     drop(receivers);
+    Ok(())
+}
+
+/// A UDP datagram to the namespace's `port` in an 802.1Q frame with VLAN id
+/// `vid`, written as is to the host end (AF_PACKET), so the egress hook sees
+/// the tag in the frame. The namespace has no VLAN link: it drops it.
+pub fn tagged_udp(net: &TestNet, vid: u16, port: u16, payload: &[u8]) -> Result<()> {
+    let mac = |text: String| -> Result<Vec<u8>> {
+        text.split(':')
+            .map(|b| u8::from_str_radix(b, 16).map_err(Into::into))
+            .collect()
+    };
+    let (src, dst) = (mac(net.host_mac()?)?, mac(net.ns_mac()?)?);
+    let udp_len = 8 + payload.len() as u16;
+    let mut frame = [dst.as_slice(), src.as_slice()].concat();
+    frame.extend([0x81, 0x00]);
+    frame.extend(vid.to_be_bytes());
+    frame.extend([0x08, 0x00, 0x45, 0]);
+    frame.extend((20 + udp_len).to_be_bytes());
+    frame.extend([0, 0, 0x40, 0, 64, 17, 0, 0]);
+    frame.extend(net.host_ip.octets());
+    frame.extend(net.ns_ip.octets());
+    frame.extend(40000u16.to_be_bytes());
+    frame.extend(port.to_be_bytes());
+    frame.extend(udp_len.to_be_bytes());
+    frame.extend([0, 0]);
+    frame.extend(payload);
+    let ifindex: i32 = std::fs::read_to_string(format!("/sys/class/net/{}/ifindex", net.host_if))?
+        .trim()
+        .parse()?;
+    // SAFETY: plain socket calls on a socket this function owns and closes;
+    // the address and buffer outlive the calls.
+    unsafe {
+        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+        ensure!(
+            fd >= 0,
+            "AF_PACKET socket: {}",
+            std::io::Error::last_os_error()
+        );
+        let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_ifindex = ifindex;
+        addr.sll_halen = 6;
+        addr.sll_addr[..6].copy_from_slice(&dst);
+        let sent = libc::sendto(
+            fd,
+            frame.as_ptr().cast(),
+            frame.len(),
+            0,
+            std::ptr::addr_of!(addr).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        );
+        let err = std::io::Error::last_os_error();
+        libc::close(fd);
+        ensure!(
+            sent == frame.len() as isize,
+            "sending a tagged frame: {err}"
+        );
+    }
     Ok(())
 }
 

@@ -4,7 +4,9 @@
 //! Debian packages, nightly's rust-src, and bpf-linker built against the
 //! nightly toolchain's own libLLVM.
 
+mod dist;
 mod ebpf;
+mod libpcap;
 mod run;
 mod setup;
 
@@ -26,6 +28,10 @@ enum Command {
     BuildEbpf,
     /// Build everything: the eBPF object, then podtrace (release).
     Build,
+    /// Build the static binary target/dist/podtrace-VERSION-x86_64-linux (and its .sha256).
+    Dist,
+    /// Build the image archive target/dist/podtrace-VERSION-image.tar (podtrace:VERSION).
+    Image,
     /// Build everything, start a throwaway pod, capture its traffic, summarise.
     Demo,
     /// Run every test: unit tests, then end-to-end tests against real pods (root).
@@ -54,6 +60,8 @@ fn main() -> Result<()> {
         Command::Setup => setup::all(),
         Command::BuildEbpf => ebpf::build(),
         Command::Build => run::build(),
+        Command::Dist => dist::binary().map(drop),
+        Command::Image => dist::image().map(drop),
         Command::Demo => run::demo(),
         Command::Test { unit, filter } => run::test(unit, &filter),
         Command::Lint => run::lint(),

@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use crate::{ebpf, setup};
+use crate::{dist, ebpf, setup};
 
 pub fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -58,10 +58,12 @@ pub fn build() -> Result<()> {
     status(cmd("cargo", ["build", "--release", "-p", "podtrace"]))
 }
 
+/// Unit tests, then (unless `unit_only`) the end-to-end tests, which then
+/// must run: the e2e binary fails every test whose prerequisites are
+/// missing, in CI or not. Only `--unit` leaves them out, and says so.
 pub fn test(unit_only: bool, filter: &[String]) -> Result<()> {
-    let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
     if !unit_only && !is_root() {
-        bail!("the end-to-end tests need root (real pods, real eBPF); run as root, or `cargo xtask test --unit`");
+        bail!("the end-to-end tests need root (real pods, real eBPF); run as root, or `cargo xtask test --unit` for the unit tests only");
     }
     if is_root() {
         setup::apt()?;
@@ -71,16 +73,66 @@ pub fn test(unit_only: bool, filter: &[String]) -> Result<()> {
         "cargo",
         ["test", "--workspace", "--exclude", "podtrace-tests"],
     ))?;
+    // podtrace-tests' own unit tests (the benchmark's arithmetic and
+    // parsing) and doc examples, without its e2e target.
+    status(cmd(
+        "cargo",
+        ["test", "-p", "podtrace-tests", "--lib", "--bins"],
+    ))?;
+    status(cmd("cargo", ["test", "-p", "podtrace-tests", "--doc"]))?;
     if unit_only {
+        eprintln!("xtask: unit tests only; the end-to-end tests were not run");
         return Ok(());
     }
     status(cmd("cargo", ["build", "-p", "podtrace"]))?;
-    let mut e2e = cmd("cargo", ["test", "-p", "podtrace-tests", "--"]);
-    e2e.args(filter)
-        .env("PODTRACE_BIN", podtrace_bin("debug"))
-        // Outside CI a missing prerequisite may skip; in CI it fails.
-        .env("PODTRACE_E2E_REQUIRED", if ci { "1" } else { "0" });
+    let mut e2e = cmd(
+        "cargo",
+        ["test", "-p", "podtrace-tests", "--test", "e2e", "--"],
+    );
+    if runs_dist_tests(filter)? {
+        // The static binary and its image, which the dist and agent tests run (cached).
+        let image = dist::image()?;
+        e2e.env("PODTRACE_DIST_BIN", dist::binary_path())
+            .env("PODTRACE_IMAGE_TAR", image)
+            .env("PODTRACE_IMAGE_NAME", dist::image_name());
+    }
+    e2e.args(filter).env("PODTRACE_BIN", podtrace_bin("debug"));
     status(&mut e2e)
+}
+
+/// Whether the end-to-end tests that `filter` selects include those of the static binary and
+/// the image (modules `dist` and `agent`), which need them built: asked of the test binary.
+fn runs_dist_tests(filter: &[String]) -> Result<bool> {
+    if filter.is_empty() {
+        return Ok(true);
+    }
+    let mut list = cmd(
+        "cargo",
+        [
+            "test",
+            "-q",
+            "-p",
+            "podtrace-tests",
+            "--test",
+            "e2e",
+            "--",
+            "--list",
+        ],
+    );
+    let out = list
+        .args(filter)
+        .output()
+        .context("listing the e2e tests")?;
+    if !out.status.success() {
+        bail!(
+            "listing the e2e tests failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.ends_with(": test"))
+        .any(|l| l.starts_with("dist::") || l.starts_with("agent::")))
 }
 
 pub fn demo() -> Result<()> {

@@ -10,8 +10,10 @@ use crate::run::{cmd, status};
 /// Debian packages for building (protoc for the CRI client), the test node
 /// (containerd, runc, CNI plugins, busybox, gcc for the pause image), the
 /// tests' readers and traffic (tshark, tcpdump, iperf3, bpftool) and the
-/// foreign TC program of the coexistence tests (clang), and script(1) for a
-/// terminal (bsdutils; essential on Debian, listed for the tests' sake).
+/// foreign TC program of the coexistence tests (clang), script(1) for a
+/// terminal (bsdutils; essential on Debian, listed for the tests' sake), and
+/// for `cargo xtask dist` the static libpcap's build (musl-gcc, flex, bison,
+/// make) and file(1), which the dist tests ask whether the binary is static.
 pub const APT_PACKAGES: &[&str] = &[
     "protobuf-compiler",
     "libpcap-dev",
@@ -28,6 +30,11 @@ pub const APT_PACKAGES: &[&str] = &[
     "bpftool",
     "clang",
     "bsdutils",
+    "musl-tools",
+    "flex",
+    "bison",
+    "make",
+    "file",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -96,7 +103,7 @@ fn nightly_sysroot() -> Result<PathBuf> {
 }
 
 /// Where tools built here are cached across clones.
-fn tools_dir() -> PathBuf {
+pub fn tools_dir() -> PathBuf {
     env::var_os("PODTRACE_TOOLS_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| {

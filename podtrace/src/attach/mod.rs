@@ -6,29 +6,37 @@
 //! cls_bpf filter on the clsact qdisc, added next to whatever filters are
 //! already there; filters a killed podtrace left behind are removed first.
 
+mod clsact;
+mod eth0;
+mod links;
 mod native;
+mod slots;
+mod tcx;
 
-use std::{collections::HashMap, io};
+use std::{
+    collections::HashMap,
+    os::fd::{AsFd, BorrowedFd},
+};
 
 use aya::{
-    maps::{Array, MapData, PerCpuArray, RingBuf},
-    programs::{
-        links::LinkOrder,
-        tc::{self, NlOptions, SchedClassifierLinkId, TcAttachOptions},
-        SchedClassifier, TcAttachType,
-    },
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    programs::{SchedClassifier, TcAttachType},
     Ebpf, EbpfLoader,
 };
-use podtrace_common::{FilterInsn, COUNTER_FILTERED, COUNTER_LOST, COUNTER_PASSED};
+use podtrace_common::FilterInsn;
+
+use self::slots::Slots;
 
 pub use self::native::test_run;
-use crate::{error_chain, link::HostLink};
+use crate::error_chain;
 
 /// The compiled eBPF object, built by `cargo xtask build-ebpf`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("PODTRACE_EBPF_OBJECT"));
 
 const INGRESS_PROGRAM: &str = "podtrace_ingress";
 const EGRESS_PROGRAM: &str = "podtrace_egress";
+/// Counts what a translated filter rejects (tail-called by it).
+const REJECTED_PROGRAM: &str = "podtrace_rejected";
 
 /// How programs are attached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -103,8 +111,8 @@ pub enum DirectionFilter {
 
 #[derive(Debug, thiserror::Error)]
 pub enum AttachError {
-    #[error("cannot load podtrace's eBPF programs: {0}")]
-    Load(String),
+    #[error("cannot load podtrace's eBPF programs")]
+    Load(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("cannot attach to {iface} ({hook}): {reason}")]
     Attach {
         iface: String,
@@ -112,10 +120,18 @@ pub enum AttachError {
         reason: String,
     },
     /// The filter could not run translated (the interpreter can take over).
-    #[error("cannot load the translated filter: {0}")]
-    Translate(String),
+    #[error("cannot load the translated filter")]
+    Translate(#[source] native::NativeError),
     #[error("eBPF object is missing {0}")]
     Missing(&'static str),
+    #[error("cannot capture more than {max} links at once")]
+    TooManyLinks { max: usize },
+}
+
+impl AttachError {
+    fn load(e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self::Load(Box::new(e))
+    }
 }
 
 /// Kernel-side counters summed over CPUs.
@@ -124,6 +140,14 @@ pub struct KernelCounters {
     pub seen: u64,
     pub lost: u64,
     pub filtered: u64,
+}
+
+impl std::ops::AddAssign for KernelCounters {
+    fn add_assign(&mut self, other: Self) {
+        self.seen += other.seen;
+        self.lost += other.lost;
+        self.filtered += other.filtered;
+    }
 }
 
 /// Settings baked into the programs at load time.
@@ -141,26 +165,25 @@ pub struct LoadOptions<'a> {
     /// Wake userspace for every record, not only once the ring is a
     /// quarter full.
     pub immediate: bool,
-}
-
-struct Attached {
-    iface: String,
-    hook: TcAttachType,
-    id: SchedClassifierLinkId,
+    /// Most links attached at once, each with counters of its own.
+    pub links: u32,
 }
 
 /// The loaded programs and where they are attached. Dropping it detaches all.
 pub struct Programs {
     ebpf: Ebpf,
-    attached: Vec<Attached>,
-    counters: PerCpuArray<MapData, u64>,
+    /// By ifindex.
+    attached: HashMap<u32, links::Attached>,
+    /// Written into the names of clsact filters (see [`clsact`]).
+    owner: Option<clsact::Owner>,
+    slots: Slots,
     filters: Option<native::FilterPrograms>,
     /// Whether the filter runs translated or interpreted (None: no filter).
     pub engine_used: Option<FilterEngine>,
-    /// Interfaces by ifindex, for records and statistics.
-    pub links: HashMap<u32, HostLink>,
     /// How the last attach was done, for -v and tests.
     pub mode_used: Option<TcMode>,
+    /// The eth0 programs are loaded and in `CAPTURE`.
+    eth0_ready: bool,
 }
 
 impl Programs {
@@ -170,8 +193,11 @@ impl Programs {
         }
         if opts.engine != FilterEngine::Interpreter {
             match Self::load_object(opts, true) {
-                Err(AttachError::Translate(e)) if opts.engine == FilterEngine::Auto => {
-                    crate::verbose(format_args!("{e}; interpreting the filter instead"))
+                Err(e @ AttachError::Translate(_)) if opts.engine == FilterEngine::Auto => {
+                    crate::verbose(format_args!(
+                        "{}; interpreting the filter instead",
+                        error_chain(&e)
+                    ))
                 }
                 other => return other,
             }
@@ -198,29 +224,33 @@ impl Programs {
             .override_global("FILTER_LEN", &filter_len, true)
             .map_max_entries("EVENTS", opts.ring_bytes)
             .map_max_entries("FILTER", filter_len.max(1))
+            .map_max_entries("COUNTERS", Slots::counter_entries(opts.links))
+            .map_max_entries("LINK_SLOTS_MORE", opts.links.max(1))
             .load(EBPF_OBJECT)
-            .map_err(|e| AttachError::Load(error_chain(&e)))?;
+            .map_err(AttachError::load)?;
         // Filled before any program is attached: no packet sees a partial filter.
         if !interpreted.is_empty() {
             let map = ebpf
                 .map_mut("FILTER")
                 .ok_or(AttachError::Missing("FILTER"))?;
             let mut program: Array<_, FilterInsn> =
-                Array::try_from(map).map_err(|e| AttachError::Load(e.to_string()))?;
+                Array::try_from(map).map_err(AttachError::load)?;
             for (i, insn) in interpreted.iter().enumerate() {
-                program
-                    .set(i as u32, insn, 0)
-                    .map_err(|e| AttachError::Load(error_chain(&e)))?;
+                program.set(i as u32, insn, 0).map_err(AttachError::load)?;
             }
         }
-        for name in [INGRESS_PROGRAM, EGRESS_PROGRAM] {
+        let programs: &[&'static str] = if translated {
+            &[INGRESS_PROGRAM, EGRESS_PROGRAM, REJECTED_PROGRAM]
+        } else {
+            &[INGRESS_PROGRAM, EGRESS_PROGRAM]
+        };
+        for &name in programs {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)
                 .ok_or(AttachError::Missing(name))?
                 .try_into()
-                .map_err(|e| AttachError::Load(error_chain(&e)))?;
-            prog.load()
-                .map_err(|e| AttachError::Load(error_chain(&e)))?;
+                .map_err(AttachError::load)?;
+            prog.load().map_err(AttachError::load)?;
             if let Some(n) = prog
                 .info()
                 .ok()
@@ -232,16 +262,18 @@ impl Programs {
         let filters = if translated {
             let filters =
                 native::load_filter_programs(&mut ebpf, opts.filter, opts.slow_loads_only)
-                    .map_err(|e| AttachError::Translate(error_chain(&e)))?;
+                    .map_err(AttachError::Translate)?;
             Some(filters)
         } else {
             None
         };
-        let counters = ebpf
-            .take_map("COUNTERS")
-            .ok_or(AttachError::Missing("COUNTERS"))?;
-        let counters =
-            PerCpuArray::try_from(counters).map_err(|e| AttachError::Load(e.to_string()))?;
+        let mut take = |name| ebpf.take_map(name).ok_or(AttachError::Missing(name));
+        let slots = Slots::new(
+            Array::try_from(take("LINK_SLOTS")?).map_err(AttachError::load)?,
+            BpfHashMap::try_from(take("LINK_SLOTS_MORE")?).map_err(AttachError::load)?,
+            PerCpuArray::try_from(take("COUNTERS")?).map_err(AttachError::load)?,
+            opts.links,
+        )?;
         let engine_used = match (&filters, opts.filter.is_empty()) {
             (_, true) => None,
             (Some(_), _) => Some(FilterEngine::Native),
@@ -249,12 +281,13 @@ impl Programs {
         };
         Ok(Self {
             ebpf,
-            attached: Vec::new(),
-            counters,
+            attached: HashMap::new(),
+            owner: None,
+            slots,
             filters,
             engine_used,
-            links: HashMap::new(),
             mode_used: None,
+            eth0_ready: false,
         })
     }
 
@@ -264,171 +297,58 @@ impl Programs {
             .ebpf
             .take_map("EVENTS")
             .ok_or(AttachError::Missing("EVENTS"))?;
-        RingBuf::try_from(map).map_err(|e| AttachError::Load(e.to_string()))
-    }
-
-    /// Attaches the selected hooks of `link`.
-    pub fn attach(
-        &mut self,
-        link: &HostLink,
-        hooks: Hooks,
-        mode: TcMode,
-    ) -> Result<(), AttachError> {
-        let wanted = [
-            (hooks.ingress, TcAttachType::Ingress),
-            (hooks.egress, TcAttachType::Egress),
-        ];
-        for (on, hook) in wanted {
-            if on {
-                self.attach_one(&link.name, hook, mode)?;
-            }
-        }
-        self.links.insert(link.ifindex, link.clone());
-        Ok(())
-    }
-
-    fn attach_one(
-        &mut self,
-        iface: &str,
-        hook: TcAttachType,
-        mode: TcMode,
-    ) -> Result<(), AttachError> {
-        let fail = |reason: String| AttachError::Attach {
-            iface: iface.to_owned(),
-            hook: hook_name(hook),
-            reason,
-        };
-        let prog = self.entry(hook)?;
-        // First in the chain: see packets before other programs (a CNI's
-        // redirect, say) can end it; our verdict lets everything through.
-        let mut tcx =
-            || prog.attach_with_options(iface, hook, TcAttachOptions::TcxOrder(LinkOrder::first()));
-        let (id, used) = match mode {
-            TcMode::Tcx => (tcx().map_err(|e| fail(error_chain(&e)))?, TcMode::Tcx),
-            TcMode::Auto => match tcx() {
-                Ok(id) => (id, TcMode::Tcx),
-                Err(e) => {
-                    crate::verbose(format_args!("TCX attach failed ({e}), using clsact"));
-                    (
-                        attach_clsact(prog, iface, hook).map_err(fail)?,
-                        TcMode::Clsact,
-                    )
-                }
-            },
-            TcMode::Clsact => (
-                attach_clsact(prog, iface, hook).map_err(fail)?,
-                TcMode::Clsact,
-            ),
-        };
-        self.mode_used = Some(used);
-        self.attached.push(Attached {
-            iface: iface.to_owned(),
-            hook,
-            id,
-        });
-        Ok(())
-    }
-
-    /// Detaches every program; safe to call more than once.
-    pub fn detach_all(&mut self) {
-        for Attached { iface, hook, id } in std::mem::take(&mut self.attached) {
-            if let Ok(prog) = self.entry(hook) {
-                // The interface may be gone already (pod deleted): nothing to undo.
-                if let Err(e) = prog.detach(id) {
-                    crate::verbose(format_args!("detach from {iface}: {e}"));
-                }
-            }
-        }
+        RingBuf::try_from(map).map_err(AttachError::load)
     }
 
     /// The program attached at `hook`: the translated filter in front, or
     /// the capture program itself.
-    pub fn entry(&mut self, hook: TcAttachType) -> Result<&mut SchedClassifier, AttachError> {
+    pub fn entry(&self, hook: TcAttachType) -> Result<BorrowedFd<'_>, AttachError> {
         let ingress = hook == TcAttachType::Ingress;
-        if let Some(filters) = &mut self.filters {
-            return Ok(if ingress {
-                &mut filters.ingress
+        if let Some(filters) = &self.filters {
+            let fd = if ingress {
+                &filters.ingress
             } else {
-                &mut filters.egress
-            });
+                &filters.egress
+            };
+            return Ok(fd.as_fd());
         }
-        let name = if ingress {
+        self.program_fd(if ingress {
             INGRESS_PROGRAM
         } else {
             EGRESS_PROGRAM
-        };
-        self.ebpf
-            .program_mut(name)
-            .ok_or(AttachError::Missing(name))?
-            .try_into()
-            .map_err(|e| AttachError::Load(error_chain(&e)))
+        })
     }
 
-    pub fn counters(&self) -> KernelCounters {
-        let sum = |index: u32| -> u64 {
-            self.counters
-                .get(&index, 0)
-                .map(|values| values.iter().sum())
-                .unwrap_or(0)
-        };
-        KernelCounters {
-            seen: sum(COUNTER_PASSED) + sum(COUNTER_FILTERED),
-            lost: sum(COUNTER_LOST),
-            filtered: sum(COUNTER_FILTERED),
+    /// The fd of one of the object's programs, loaded.
+    fn program_fd(&self, name: &'static str) -> Result<BorrowedFd<'_>, AttachError> {
+        let prog: &SchedClassifier = self
+            .ebpf
+            .program(name)
+            .ok_or(AttachError::Missing(name))?
+            .try_into()
+            .map_err(AttachError::load)?;
+        prog.fd().map(|fd| fd.as_fd()).map_err(AttachError::load)
+    }
+
+    /// The kernel name of the program attached at `hook`.
+    fn entry_name(&self, hook: TcAttachType) -> &'static str {
+        match (self.filters.is_some(), hook == TcAttachType::Ingress) {
+            (true, true) => native::INGRESS_NAME,
+            (true, false) => native::EGRESS_NAME,
+            (false, true) => INGRESS_PROGRAM,
+            (false, false) => EGRESS_PROGRAM,
         }
+    }
+
+    /// Packets counted without a known link (never expected).
+    pub fn unattributed_counters(&self) -> KernelCounters {
+        self.slots.unattributed()
     }
 }
 
 impl Drop for Programs {
     fn drop(&mut self) {
         self.detach_all();
-    }
-}
-
-fn attach_clsact(
-    prog: &mut SchedClassifier,
-    iface: &str,
-    hook: TcAttachType,
-) -> Result<SchedClassifierLinkId, String> {
-    // An existing clsact qdisc (ours from before, or a CNI's) is fine.
-    if let Err(e) = tc::qdisc_add_clsact(iface) {
-        if !is_already_exists(&e) {
-            return Err(format!("cannot add clsact qdisc: {}", error_chain(&e)));
-        }
-    }
-    // Filters left by a podtrace that was killed: ours by name, nobody else's.
-    let ours = match hook {
-        TcAttachType::Ingress => [INGRESS_PROGRAM, native::INGRESS_NAME],
-        _ => [EGRESS_PROGRAM, native::EGRESS_NAME],
-    };
-    for program in ours {
-        match tc::qdisc_detach_program(iface, hook, program) {
-            Ok(()) => crate::verbose(format_args!(
-                "removed a stale {program} filter from {iface}"
-            )),
-            Err(tc::TcError::IoError(e)) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => crate::verbose(format_args!("looking for stale filters on {iface}: {e}")),
-        }
-    }
-    prog.attach_with_options(iface, hook, TcAttachOptions::Netlink(NlOptions::default()))
-        .map_err(|e| error_chain(&e))
-}
-
-fn is_already_exists(e: &tc::TcError) -> bool {
-    match e {
-        tc::TcError::AlreadyAttached => true,
-        other => {
-            let text = error_chain(other);
-            text.contains("File exists") || text.contains("Exclusivity")
-        }
-    }
-}
-
-fn hook_name(hook: TcAttachType) -> &'static str {
-    match hook {
-        TcAttachType::Ingress => "ingress",
-        TcAttachType::Egress => "egress",
-        TcAttachType::Custom(_) => "custom",
     }
 }
 

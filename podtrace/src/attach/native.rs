@@ -1,22 +1,24 @@
 //! The translated filter programs (see [`crate::filter::translate`]):
 //! loaded with raw `bpf(2)` calls, since aya loads programs from ELF objects
-//! only, then handed to aya as [`SchedClassifier`]s so they attach, detach
-//! and coexist exactly like the capture programs.
+//! only, and held by their fds (attached with [`super::tcx`] or as clsact
+//! filters, exactly like the capture programs).
 
 use std::{
-    borrow::Cow,
     io,
-    os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
+    os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd},
 };
 
 use aya::{
     maps::{Map, ProgramArray},
-    programs::{loaded_programs, SchedClassifier},
+    programs::SchedClassifier,
     Ebpf,
 };
-use podtrace_common::FilterInsn;
+use podtrace_common::{
+    FilterInsn, CAPTURE_SLOT_EGRESS, CAPTURE_SLOT_ETH0, CAPTURE_SLOT_ETH0_REJECTED,
+    CAPTURE_SLOT_INGRESS, CAPTURE_SLOT_REJECTED,
+};
 
-use super::{EGRESS_PROGRAM, INGRESS_PROGRAM};
+use super::{EGRESS_PROGRAM, INGRESS_PROGRAM, REJECTED_PROGRAM};
 use crate::error_chain;
 use crate::filter::translate::{self, Insn, Maps, Options, TranslateError};
 
@@ -25,11 +27,34 @@ pub const KERNEL_NAME: &str = "podtrace_filter";
 /// Names of their cls_bpf filters in clsact mode, by hook.
 pub const INGRESS_NAME: &str = "podtrace_filter_ingress";
 pub const EGRESS_NAME: &str = "podtrace_filter_egress";
+/// The one in front of pods' eth0 hooks (tail-called by their stubs).
+pub const ETH0_NAME: &str = "podtrace_filter_eth0";
 
 /// The translated filter programs, in front of the capture programs.
 pub(super) struct FilterPrograms {
-    pub ingress: SchedClassifier,
-    pub egress: SchedClassifier,
+    pub ingress: OwnedFd,
+    pub egress: OwnedFd,
+    /// Translated when a pod's eth0 is first hooked.
+    pub eth0: Option<OwnedFd>,
+    filter: Vec<FilterInsn>,
+    maps: Maps,
+    direct_max: u32,
+}
+
+impl FilterPrograms {
+    /// The filter in front of pods' eth0 hooks: the same filter, whose
+    /// verdicts go to the eth0 capture programs.
+    pub fn eth0(&mut self) -> Result<&OwnedFd, NativeError> {
+        if self.eth0.is_none() {
+            let opts = translate::Options {
+                slot: CAPTURE_SLOT_ETH0,
+                rejected: CAPTURE_SLOT_ETH0_REJECTED,
+                direct_max: self.direct_max,
+            };
+            self.eth0 = Some(load(&self.filter, self.maps, opts, ETH0_NAME)?);
+        }
+        Ok(self.eth0.as_ref().expect("loaded above"))
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -49,26 +74,19 @@ pub fn load(
     maps: Maps,
     opts: Options,
     name: &'static str,
-) -> Result<SchedClassifier, NativeError> {
+) -> Result<OwnedFd, NativeError> {
     let insns = translate::translate(filter, maps, opts)?;
-    let fd = prog_load(&insns).map_err(|reason| NativeError::Verifier {
+    let fd = prog_load(&insns, KERNEL_NAME).map_err(|reason| NativeError::Verifier {
         insns: insns.len(),
         reason,
     })?;
-    let id = prog_id(fd.as_fd()).map_err(|e| NativeError::Lookup(e.to_string()))?;
-    // aya builds a program from its kernel info (it duplicates the fd).
-    let info = loaded_programs()
-        .filter_map(Result::ok)
-        .find(|info| info.id() == id)
-        .ok_or_else(|| NativeError::Lookup(format!("program id {id} is not listed")))?;
-    if let Some(n) = info.verified_instruction_count() {
+    if let Ok(n) = verified_insns(fd.as_fd()) {
         crate::verbose(format_args!(
             "{name}: {} eBPF instructions, verifier processed {n}",
             insns.len()
         ));
     }
-    SchedClassifier::from_program_info(info, Cow::Borrowed(name))
-        .map_err(|e| NativeError::Lookup(e.to_string()))
+    Ok(fd)
 }
 
 /// Translates the filter into one program per hook that tail-calls the
@@ -93,13 +111,18 @@ pub(super) fn load_filter_programs(
         podtrace_common::FILTER_DIRECT_MAX
     };
     let load = |slot, name| {
-        let opts = translate::Options { slot, direct_max };
+        let opts = translate::Options {
+            slot,
+            rejected: CAPTURE_SLOT_REJECTED,
+            direct_max,
+        };
         load(filter, maps, opts, name)
     };
-    let ingress = load(0, INGRESS_NAME)?;
-    let egress = load(1, EGRESS_NAME)?;
+    let ingress = load(CAPTURE_SLOT_INGRESS, INGRESS_NAME)?;
+    let egress = load(CAPTURE_SLOT_EGRESS, EGRESS_NAME)?;
     let mut fds = Vec::new();
-    for name in [INGRESS_PROGRAM, EGRESS_PROGRAM] {
+    // In the order of podtrace-common's CAPTURE_SLOT_*.
+    for name in [INGRESS_PROGRAM, EGRESS_PROGRAM, REJECTED_PROGRAM] {
         let prog: &SchedClassifier = ebpf
             .program(name)
             .and_then(|p| p.try_into().ok())
@@ -116,12 +139,20 @@ pub(super) fn load_filter_programs(
             .set(slot as u32, fd, 0)
             .map_err(|e| NativeError::Lookup(error_chain(&e)))?;
     }
-    Ok(FilterPrograms { ingress, egress })
+    Ok(FilterPrograms {
+        ingress,
+        egress,
+        eth0: None,
+        filter: filter.to_vec(),
+        maps,
+        direct_max,
+    })
 }
 
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
 
 /// The head of `union bpf_attr` for BPF_PROG_LOAD; the kernel treats the
@@ -141,7 +172,7 @@ struct ProgLoadAttr {
     prog_name: [u8; 16],
 }
 
-fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
+pub(super) fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
     // SAFETY: `attr` is a repr(C) prefix of union bpf_attr for `cmd`, and
     // every pointer in it outlives the call.
     let ret = unsafe {
@@ -159,11 +190,12 @@ fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
     }
 }
 
-/// Loads a SCHED_CLS program; on failure, the verifier's last words.
-fn prog_load(insns: &[Insn]) -> Result<OwnedFd, String> {
+/// Loads a SCHED_CLS program named `kernel_name` (15 bytes at most); on
+/// failure, the verifier's last words.
+pub(super) fn prog_load(insns: &[Insn], kernel_name: &str) -> Result<OwnedFd, String> {
     let license = c"GPL";
     let mut name = [0u8; 16];
-    name[..KERNEL_NAME.len()].copy_from_slice(KERNEL_NAME.as_bytes());
+    name[..kernel_name.len()].copy_from_slice(kernel_name.as_bytes());
     let attr = |log: &mut [u8]| ProgLoadAttr {
         prog_type: BPF_PROG_TYPE_SCHED_CLS,
         insn_cnt: insns.len() as u32,
@@ -214,16 +246,40 @@ struct InfoAttr {
     info: u64,
 }
 
-/// The kernel's id of a program (the second word of `bpf_prog_info`).
-fn prog_id(fd: BorrowedFd<'_>) -> io::Result<u32> {
-    let mut head = [0u32; 2];
+/// How many instructions the verifier processed to accept a program
+/// (`bpf_prog_info.verified_insns`, at byte 216; 0 before Linux 5.16).
+fn verified_insns(fd: BorrowedFd<'_>) -> io::Result<u32> {
+    let mut head = [0u32; 55];
     let mut attr = InfoAttr {
         bpf_fd: fd.as_raw_fd() as u32,
         info_len: std::mem::size_of_val(&head) as u32,
         info: head.as_mut_ptr() as u64,
     };
     bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
-    Ok(head[1])
+    Ok(head[54])
+}
+
+#[repr(C)]
+struct MapUpdateAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
+
+/// Puts the program `prog` at `slot` of the program array `map` (aya's
+/// `ProgramArray` takes only programs aya loaded).
+pub(super) fn prog_array_set(map: RawFd, slot: u32, prog: BorrowedFd<'_>) -> io::Result<()> {
+    let value = prog.as_raw_fd() as u32;
+    let mut attr = MapUpdateAttr {
+        map_fd: map as u32,
+        _pad: 0,
+        key: &slot as *const u32 as u64,
+        value: &value as *const u32 as u64,
+        flags: 0,
+    };
+    bpf(BPF_MAP_UPDATE_ELEM, &mut attr).map(drop)
 }
 
 #[repr(C)]
@@ -242,10 +298,9 @@ struct TestRunAttr {
 /// Runs a TC program once on `packet` (an Ethernet frame of at least 14
 /// bytes) with BPF_PROG_TEST_RUN, `repeat` times; returns its verdict and
 /// the mean run time in ns. For tests and benchmarks; nothing is sent.
-pub fn test_run(prog: &SchedClassifier, packet: &[u8], repeat: u32) -> io::Result<(i32, u32)> {
-    let fd = prog.fd().map_err(io::Error::other)?;
+pub fn test_run(prog: BorrowedFd<'_>, packet: &[u8], repeat: u32) -> io::Result<(i32, u32)> {
     let mut attr = TestRunAttr {
-        prog_fd: fd.as_fd().as_raw_fd() as u32,
+        prog_fd: prog.as_raw_fd() as u32,
         data_size_in: packet.len() as u32,
         data_in: packet.as_ptr() as u64,
         repeat,

@@ -1,23 +1,19 @@
 //! Command-line arguments (clap) and their resolution into a capture plan.
 
+mod agent;
+mod plan;
 mod pods;
 
-use std::{
-    io::{self, IsTerminal},
-    path::PathBuf,
-    time::{Duration, Instant},
-};
+use std::{path::PathBuf, time::Duration};
 
-use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use podtrace::{
     attach::{DirectionFilter, FilterEngine, TcMode},
-    capture::{CapturePlan, Target},
-    filter::{self, Filter},
-    link,
-    sink::{Format, Output, Rotation, SinkOptions, TextStyle},
-    target::{self, PodSelector, Sandbox},
+    session::Fallback,
+    sink::{Format, Output},
 };
+
+pub use self::plan::{PcapCannotName, Plan, StartLine};
 
 /// tcpdump's default snapshot length.
 pub const DEFAULT_SNAPLEN: u32 = 262_144;
@@ -38,14 +34,18 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Capture packets of a pod (or a host interface, process or network namespace).
+    /// Capture packets of pods (or a host interface, process or network namespace).
     #[command(
-        override_usage = "podtrace capture [OPTIONS] POD [EXPRESSION]...\n       \
+        override_usage = "podtrace capture [OPTIONS] POD[,POD...] [EXPRESSION]...\n       \
+        podtrace capture [OPTIONS] {-l SELECTOR|-A} [EXPRESSION]...\n       \
         podtrace capture [OPTIONS] {-i IFACE|--pid PID|--netns PATH|--uid UID|--container ID} [EXPRESSION]..."
     )]
     Capture(Box<CaptureArgs>),
     /// List the pods on this node with their IP and host veth.
     Pods(PodsArgs),
+    /// Check that captures can work here, then wait for SIGTERM (a DaemonSet's process;
+    /// captures run in its container with kubectl exec).
+    Agent(agent::AgentArgs),
 }
 
 #[derive(Debug, Args)]
@@ -57,6 +57,11 @@ pub struct PodsArgs {
     /// Pods of every namespace.
     #[arg(short = 'A', long)]
     pub all_namespaces: bool,
+
+    /// Only pods whose labels match, as kubectl -l takes it (`app=web`,
+    /// `env in (prod,staging)`, `!canary`, commas meaning and).
+    #[arg(short = 'l', long = "selector", value_name = "SELECTOR")]
+    pub selector: Option<String>,
 
     #[command(flatten)]
     pub runtime: RuntimeArgs,
@@ -72,12 +77,36 @@ pub struct RuntimeArgs {
 
 #[derive(Debug, Args)]
 pub struct CaptureArgs {
-    /// The pod (NAME or NAMESPACE/NAME), then a tcpdump filter expression.
-    /// Without -i/--pid/--netns/--uid/--container the first word is the pod;
-    /// the other words (all of them with those options) are the filter,
-    /// joined with spaces as tcpdump does. Options may come between words.
+    /// The pod (NAME or NAMESPACE/NAME; several as one comma-separated
+    /// word), then a tcpdump filter expression. Without -l, -A, -i, --pid,
+    /// --netns, --uid or --container the first word is the pod; the other
+    /// words (all of them with those options) are the filter, joined with
+    /// spaces as tcpdump does. Options may come between words.
     #[arg(value_name = "WORDS")]
     pub words: Vec<String>,
+
+    /// Every pod whose labels match, as kubectl -l takes it (`app=web`,
+    /// `env in (prod,staging)`, `!canary`, commas meaning and), in -n's
+    /// namespace or with -A in all; pods that start matching join the
+    /// capture, pods that go leave it.
+    #[arg(short = 'l', long = "selector", value_name = "SELECTOR",
+          conflicts_with_all = ["uid", "container", "iface", "pid", "netns"])]
+    pub selector: Option<String>,
+
+    /// Pods of every namespace (with -l), or every pod on the node.
+    #[arg(short = 'A', long, conflicts_with_all = ["namespace", "uid", "container", "iface", "pid", "netns"])]
+    pub all_namespaces: bool,
+
+    /// Wait for pods that do not exist yet (or a selector that matches
+    /// nothing yet) instead of failing.
+    #[arg(long, conflicts_with_all = ["iface", "pid", "netns"])]
+    pub wait: bool,
+
+    /// Keep a capture of one named pod going when the pod is deleted: a pod
+    /// of the same name that comes back (a StatefulSet's) joins as a new
+    /// interface.
+    #[arg(long, conflicts_with_all = ["selector", "all_namespaces", "uid", "container", "iface", "pid", "netns"])]
+    pub follow: bool,
 
     /// Read the filter expression from FILE (`#` starts a comment), like
     /// tcpdump -F; no expression may then follow on the command line.
@@ -119,11 +148,14 @@ pub struct CaptureArgs {
     pub netns: Option<PathBuf>,
 
     /// Write packets to FILE (pcap, or pcapng for *.pcapng); "-" for stdout.
-    /// Without -w, one text line per packet is printed.
+    /// Captures that can hold several pods write pcapng (classic pcap
+    /// cannot say which pod a packet belongs to). Without -w, one text line
+    /// per packet is printed.
     #[arg(short = 'w', value_name = "FILE")]
-    pub write: Option<String>,
+    pub write: Option<PathBuf>,
 
-    /// File format for -w (default: from the file name; pcap for stdout).
+    /// File format for -w (default: from the file name, pcapng for several
+    /// pods; pcap for stdout).
     #[arg(long, value_enum, value_name = "FORMAT")]
     pub format: Option<Format>,
 
@@ -132,11 +164,11 @@ pub struct CaptureArgs {
     pub direction: DirectionFilter,
 
     /// Start a new file once the current one is larger than MB million bytes (like tcpdump).
-    #[arg(short = 'C', value_name = "MB", requires = "write", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(short = 'C', value_name = "MB", requires = "write", value_parser = clap::value_parser!(u64).range(1..=MAX_FILE_MB))]
     pub file_size: Option<u64>,
 
     /// Start a new file every SECS seconds; -w may hold strftime(3) conversions.
-    #[arg(short = 'G', value_name = "SECS", requires = "write", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(short = 'G', value_name = "SECS", requires = "write", value_parser = clap::value_parser!(u64).range(1..=MAX_SECS))]
     pub rotate_seconds: Option<u64>,
 
     /// With -C: keep a ring of N files. With -G: stop after N files.
@@ -179,6 +211,14 @@ pub struct CaptureArgs {
     /// interpreted (any filter libpcap compiles); auto tries native first.
     #[arg(long, value_enum, default_value_t = FilterEngine::Auto)]
     pub filter_engine: FilterEngine,
+
+    /// Packets a CNI delivers straight into a pod's eth0, past its host veth
+    /// (Cilium's bpf_redirect_peer): podtrace always detects them; auto
+    /// captures them at the pod's eth0 (a TCX hook inside the pod's network
+    /// namespace) as soon as any are seen, always takes what pods receive
+    /// there from the start, never only reports them.
+    #[arg(long, value_enum, value_name = "WHEN", default_value_t = Fallback::Auto)]
+    pub redirect_fallback: Fallback,
 }
 
 /// Whether packets are handed over one by one: when asked, or when text
@@ -187,6 +227,13 @@ fn immediate_mode(asked: bool, output: &Output, stdout_is_terminal: bool) -> boo
     asked || (*output == Output::Text && stdout_is_terminal)
 }
 
+/// The longest `--duration` or `-G` taken: ten years. Bounded so that
+/// every deadline and period computed from it fits.
+pub const MAX_SECS: u64 = 10 * 365 * 86_400;
+
+/// Largest `-C`, in millions of bytes (a petabyte): the byte count fits.
+pub const MAX_FILE_MB: u64 = 1_000_000_000;
+
 fn parse_secs(s: &str) -> Result<Duration, String> {
     let secs: f64 = s
         .parse()
@@ -194,7 +241,15 @@ fn parse_secs(s: &str) -> Result<Duration, String> {
     if !(secs > 0.0 && secs.is_finite()) {
         return Err(format!("{s:?} must be a positive number of seconds"));
     }
-    Ok(Duration::from_secs_f64(secs))
+    if secs > MAX_SECS as f64 {
+        return Err(format!(
+            "{s:?} is longer than {MAX_SECS} seconds (ten years)"
+        ));
+    }
+    match Duration::try_from_secs_f64(secs) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        _ => Err(format!("{s:?} is shorter than a nanosecond")),
+    }
 }
 
 /// Ring size in bytes for `-B KiB`: a power of two, at least one page.
@@ -202,212 +257,40 @@ pub fn ring_bytes(kib: u32) -> u32 {
     (kib.saturating_mul(1024)).next_power_of_two().max(4096)
 }
 
-impl CaptureArgs {
-    /// Resolves the arguments into a plan: targets found, filter compiled,
-    /// output chosen. Nothing is loaded or attached yet.
-    pub async fn plan(&self, verbose: bool) -> Result<CapturePlan> {
-        // `--duration` counts from here: a long compilation uses it up.
-        let started = Instant::now();
-        let expression = filter::expression(self.filter_words(), self.filter_file.as_deref())?;
-        let target = self.target().await?;
-        let filter = match expression {
-            Some(expr) => {
-                let deadline = self.duration.and_then(|d| started.checked_add(d));
-                Some(self.compile(&expr, deadline)?)
-            }
-            None => None,
-        };
-        let mut sink = self.sink_options(verbose);
-        sink.interfaces = vec![target.interface.clone()];
-        let immediate = immediate_mode(self.immediate, &sink.output, io::stdout().is_terminal());
-        if immediate {
-            podtrace::verbose(format_args!("immediate mode: a wakeup per packet"));
-        }
-        Ok(CapturePlan {
-            targets: vec![target],
-            sink,
-            count: self.count,
-            duration: self.duration.map(|d| d.saturating_sub(started.elapsed())),
-            ring_bytes: ring_bytes(self.buffer_kib),
-            tc_mode: self.tc_mode,
-            filter_engine: self.filter_engine,
-            direction: self.direction,
-            filter,
-            immediate,
-        })
-    }
-    fn sink_options(&self, verbose: bool) -> SinkOptions {
-        let output = match self.write.as_deref() {
-            None => Output::Text,
-            Some("-") => Output::Stdout,
-            Some(path) => Output::File(path.into()),
-        };
-        let format = self.format.unwrap_or_else(|| match &self.write {
-            Some(path) if path != "-" => Format::for_path(path),
-            _ => Format::Pcap,
-        });
-        SinkOptions {
-            output,
-            format,
-            snaplen: self.snaplen(),
-            interfaces: Vec::new(),
-            rotation: Rotation {
-                size: self.file_size.map(|mb| mb * 1_000_000),
-                interval: self.rotate_seconds.map(Duration::from_secs),
-                max_files: self.file_count,
-            },
-            text: match (self.quiet, verbose) {
-                (true, _) => TextStyle::Quiet,
-                (false, true) => TextStyle::Verbose,
-                (false, false) => TextStyle::Normal,
-            },
-        }
-    }
-
-    /// `-d`: the compiled filter as tcpdump -d prints it. Needs no target
-    /// and no privileges; a pod word is checked but not looked up.
-    pub fn dump_filter(&self) -> Result<String> {
-        if let Some(pod) = self.pod_word() {
-            PodSelector::parse(pod, self.namespace.as_deref())?;
-        }
-        let expression = filter::expression(self.filter_words(), self.filter_file.as_deref())?;
-        // No expression: tcpdump -d prints the accept-all program.
-        let filter = self.compile(expression.as_deref().unwrap_or(""), None)?;
-        Ok(filter.dump(self.dump))
-    }
-
-    fn snaplen(&self) -> u32 {
-        if self.snaplen == 0 {
-            DEFAULT_SNAPLEN
-        } else {
-            self.snaplen
-        }
-    }
-
-    /// Compiles the filter; SIGINT, SIGTERM, SIGHUP or `deadline` stop it.
-    fn compile(&self, expression: &str, deadline: Option<Instant>) -> Result<Filter> {
-        let filter = filter::compile_patiently(expression, self.snaplen(), deadline, |waited| {
-            eprintln!(
-                "podtrace: still compiling the filter after {} s (libpcap's optimizer can take \
-                 minutes on thousands of terms; Ctrl-C stops)",
-                waited.as_secs()
-            )
-        })?;
-        podtrace::verbose(format_args!(
-            "filter compiled to {} classic-BPF instructions in {:.3} s",
-            filter.insns.len(),
-            filter.compile_time.as_secs_f64()
-        ));
-        Ok(filter)
-    }
-
-    /// Whether the target comes from an option rather than the first word.
-    fn target_by_option(&self) -> bool {
-        self.iface.is_some()
-            || self.pid.is_some()
-            || self.netns.is_some()
-            || self.uid.is_some()
-            || self.container.is_some()
-    }
-
-    /// The word naming the pod, if the first word names it.
-    fn pod_word(&self) -> Option<&str> {
-        if self.target_by_option() {
-            None
-        } else {
-            self.words.first().map(String::as_str)
-        }
-    }
-
-    /// The words of the filter expression.
-    fn filter_words(&self) -> &[String] {
-        match self.pod_word() {
-            Some(_) => &self.words[1..],
-            None => &self.words,
-        }
-    }
-
-    async fn target(&self) -> Result<Target> {
-        if let Some(iface) = &self.iface {
-            let link = link::by_name(iface)?;
-            return Ok(Target::new(link, format!("interface {iface}")));
-        }
-        if let Some(pid) = self.pid {
-            return Ok(Target::new(link::by_pid(pid)?, format!("process {pid}")));
-        }
-        if let Some(netns) = &self.netns {
-            let label = format!("network namespace {}", netns.display());
-            return Ok(Target::new(link::by_netns(netns)?, label));
-        }
-        let selector = match (&self.uid, &self.container, self.pod_word()) {
-            (Some(uid), _, _) => PodSelector::Uid(uid.clone()),
-            (None, Some(id), _) => PodSelector::Container(id.clone()),
-            (None, None, None) => bail!(TargetMissing),
-            (None, None, Some(pod)) => PodSelector::parse(pod, self.namespace.as_deref())?,
-        };
-        let (mut client, endpoint) =
-            target::connect(self.runtime.runtime_endpoint.as_deref()).await?;
-        podtrace::verbose(format_args!("container runtime: {endpoint}"));
-        let sandbox = target::resolve(&mut client, &selector).await?;
-        pod_target(&sandbox)
-    }
-}
-
-/// The host veth of a resolved pod sandbox.
-fn pod_target(sandbox: &Sandbox) -> Result<Target> {
-    let pod = sandbox.pod_name();
-    let pid = sandbox
-        .pid
-        .with_context(|| format!("the runtime reports no sandbox pid for pod {pod}"))?;
-    let link = link::by_pid(pid)?;
-    podtrace::verbose(format_args!(
-        "pod {pod}: sandbox {} pid {pid}, host veth {} (ifindex {})",
-        &sandbox.id[..sandbox.id.len().min(13)],
-        link.name,
-        link.ifindex
-    ));
-    let mut target = Target::new(link, format!("pod {pod}"));
-    target.gone = format!("pod {pod} was deleted");
-    target.interface.name = pod.clone();
-    target.interface.description = format!(
-        "pod {pod} (uid {}) via host veth {} (ifindex {})",
-        sandbox.uid, target.link.name, target.link.ifindex
-    );
-    Ok(target)
-}
+/// Arguments that cannot go together, beyond what clap checks.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(&'static str);
 
 /// No pod and no -i/--pid/--netns.
 #[derive(Debug, thiserror::Error)]
-#[error("what should podtrace capture? name a pod, or use -i IFACE, --pid PID or --netns PATH")]
+#[error("what should podtrace capture? name a pod, or use -l SELECTOR, -A, -i IFACE, --pid PID or --netns PATH")]
 pub struct TargetMissing;
 
-/// Context for the "listening on" line.
-pub fn describe_start(plan: &CapturePlan, mode: Option<TcMode>) -> String {
-    let links: Vec<String> = plan
-        .targets
-        .iter()
-        .map(|t| {
-            if t.link.peer_is_target {
-                format!("{} ({})", t.link.name, t.label)
-            } else {
-                t.link.name.clone()
-            }
-        })
-        .collect();
-    format!(
-        "capturing on {}, link-type EN10MB (Ethernet), snapshot length {} bytes{}",
-        links.join(", "),
-        plan.sink.snaplen,
-        match mode {
-            Some(TcMode::Clsact) => ", attached via clsact",
-            _ => "",
+/// Parses the process arguments. A usage error is one line on stderr and
+/// exit 2: clap's message without its hints and usage block.
+pub fn parse() -> Cli {
+    match Cli::try_parse() {
+        Ok(cli) => cli,
+        // --help and --version print to stdout and exit 0.
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) => {
+            eprintln!("podtrace: {}", usage_error_line(&e.render().to_string()));
+            std::process::exit(2);
         }
-    )
+    }
 }
 
-/// Parses the process arguments.
-pub fn parse() -> Cli {
-    Cli::parse()
+/// The first paragraph of a clap error on one line, without "error: ".
+fn usage_error_line(rendered: &str) -> String {
+    let first: Vec<&str> = rendered
+        .lines()
+        .map(str::trim)
+        .skip_while(|l| l.is_empty())
+        .take_while(|l| !l.is_empty())
+        .collect();
+    let line = first.join(" ");
+    line.strip_prefix("error: ").unwrap_or(&line).to_owned()
 }
 
 #[cfg(test)]

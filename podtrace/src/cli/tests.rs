@@ -16,7 +16,16 @@ fn capture(args: &[&str]) -> Result<CaptureArgs, clap::Error> {
     let cli = Cli::try_parse_from(["podtrace", "capture"].iter().chain(args))?;
     match cli.command {
         Command::Capture(c) => Ok(*c),
-        Command::Pods(_) => unreachable!(),
+        Command::Pods(_) | Command::Agent(_) => unreachable!(),
+    }
+}
+
+#[test]
+fn agent_takes_the_runtime_endpoint() {
+    let cli = Cli::try_parse_from(["podtrace", "agent", "--runtime-endpoint", "/x.sock"]).unwrap();
+    match cli.command {
+        Command::Agent(a) => assert_eq!(a.runtime.runtime_endpoint.as_deref(), Some("/x.sock")),
+        _ => panic!("not the agent"),
     }
 }
 
@@ -36,7 +45,7 @@ fn tcpdump_style_options() {
     ])
     .unwrap();
     assert_eq!(c.iface.as_deref(), Some("veth1"));
-    assert_eq!(c.write.as_deref(), Some("x.pcap"));
+    assert_eq!(c.write.as_deref(), Some(std::path::Path::new("x.pcap")));
     assert_eq!(c.snaplen, 96);
     assert_eq!(c.count, Some(10));
     assert_eq!(c.duration, Some(Duration::from_millis(1500)));
@@ -71,6 +80,48 @@ fn defaults_and_bad_values() {
     assert!(capture(&["-c", "0", "web"]).is_err());
     assert!(capture(&["--duration", "-1", "web"]).is_err());
     assert!(capture(&["-i", "a", "--pid", "1"]).is_err());
+}
+
+#[test]
+fn numbers_that_would_overflow_a_duration_or_a_size_are_refused() {
+    // Each of these once panicked ("cannot convert float seconds to
+    // Duration") or overflowed when the deadline, period or size was computed.
+    for args in [
+        ["--duration", "1e300"],
+        ["--duration", "inf"],
+        ["--duration", "NaN"],
+        ["--duration", "1e-12"],
+        ["--duration", "315360001"],
+        ["-G", "18446744073709551615"],
+        ["-G", "315360001"],
+        ["-C", "18446744073709551615"],
+    ] {
+        let mut all = vec!["-i", "x", "-w", "f"];
+        all.extend(args);
+        let err = capture(&all)
+            .err()
+            .unwrap_or_else(|| panic!("{args:?} accepted"));
+        assert_eq!(
+            err.kind(),
+            clap::error::ErrorKind::ValueValidation,
+            "{args:?}"
+        );
+    }
+    let c = capture(&[
+        "-i",
+        "x",
+        "-w",
+        "f",
+        "--duration",
+        "315360000",
+        "-G",
+        "315360000",
+    ])
+    .unwrap();
+    assert_eq!(c.duration, Some(Duration::from_secs(MAX_SECS)));
+    assert_eq!(c.rotate_seconds, Some(MAX_SECS));
+    let c = capture(&["-i", "x", "-w", "f", "-C", "1000000000"]).unwrap();
+    assert_eq!(c.file_size, Some(MAX_FILE_MB));
 }
 
 #[test]
@@ -206,4 +257,126 @@ fn filter_from_file_or_words_not_both() {
         err.to_string(),
         "invalid filter expression \"tcp prt 80\": syntax error"
     );
+}
+
+#[test]
+fn usage_errors_fit_on_one_line() {
+    let err = capture(&["-i", "x", "--duration", "1e300"]).unwrap_err();
+    let line = usage_error_line(&err.render().to_string());
+    assert_eq!(
+        line,
+        "invalid value '1e300' for '--duration <SECS>': \"1e300\" is longer than 315360000 seconds (ten years)"
+    );
+    let err = Cli::try_parse_from(["podtrace", "capture", "--nope"]).unwrap_err();
+    assert_eq!(
+        usage_error_line(&err.render().to_string()),
+        "unexpected argument '--nope' found"
+    );
+    let err = Cli::try_parse_from(["podtrace"]).unwrap_err();
+    assert!(!usage_error_line(&err.render().to_string()).contains('\n'));
+}
+
+#[test]
+fn several_pods_write_pcapng_unless_pcap_is_asked_for() {
+    use super::plan::choose_format;
+    let file = |name: &str| Output::File(name.into());
+    // One pod: as before.
+    assert_eq!(
+        choose_format(&file("x.pcap"), None, false),
+        Ok(Format::Pcap)
+    );
+    assert_eq!(choose_format(&file("x"), None, false), Ok(Format::Pcap));
+    assert_eq!(
+        choose_format(&Output::Stdout, None, false),
+        Ok(Format::Pcap)
+    );
+    // Several: pcapng, since classic pcap cannot say which pod.
+    assert_eq!(
+        choose_format(&file("x.pcapng"), None, true),
+        Ok(Format::Pcapng)
+    );
+    assert_eq!(choose_format(&file("x"), None, true), Ok(Format::Pcapng));
+    assert_eq!(
+        choose_format(&Output::Stdout, None, true),
+        Ok(Format::Pcapng)
+    );
+    let err = choose_format(&file("x.pcap"), None, true).unwrap_err();
+    assert!(err
+        .to_string()
+        .starts_with("x.pcap is classic pcap, which cannot say which pod"));
+    // Asked for by name of the format: merged, with a warning.
+    assert_eq!(
+        choose_format(&file("x.pcap"), Some(Format::Pcap), true),
+        Ok(Format::Pcap)
+    );
+}
+
+#[test]
+fn pods_by_selector_by_names_and_on_every_namespace() {
+    let c = capture(&["-l", "app=web", "-n", "prod", "tcp", "port", "80"]).unwrap();
+    assert_eq!(c.selector.as_deref(), Some("app=web"));
+    // With -l every word is the filter.
+    assert_eq!(c.pod_word(), None);
+    assert_eq!(c.filter_words(), ["tcp", "port", "80"]);
+    let c = capture(&["-A", "udp"]).unwrap();
+    assert!(c.all_namespaces);
+    assert_eq!(c.filter_words(), ["udp"]);
+    let c = capture(&["web-1,prod/db-0", "-n", "staging", "--wait", "icmp"]).unwrap();
+    assert_eq!(c.pod_word(), Some("web-1,prod/db-0"));
+    assert!(c.wait);
+    assert_eq!(c.filter_words(), ["icmp"]);
+    assert!(capture(&["web", "--follow"]).unwrap().follow);
+    // Options that cannot go together.
+    for args in [
+        &["-l", "app=web", "-i", "eth0"][..],
+        &["-A", "-n", "prod"],
+        &["-l", "a=b", "--follow"],
+        &["-A", "--follow"],
+        &["--uid", "u", "--follow"],
+        &["-i", "eth0", "--wait"],
+    ] {
+        assert!(capture(args).is_err(), "{args:?} accepted");
+    }
+}
+
+#[tokio::test]
+async fn bad_selections_are_refused_before_the_runtime_is_asked() {
+    for (args, want) in [
+        (
+            &[
+                "-l",
+                "app in (web",
+                "--runtime-endpoint",
+                "unix:///nonexistent",
+            ][..],
+            "invalid label selector \"app in (web\": '(' without ')'",
+        ),
+        (
+            &[
+                "web,db",
+                "--follow",
+                "--runtime-endpoint",
+                "unix:///nonexistent",
+            ],
+            "--follow is for one pod named on the command line",
+        ),
+        (
+            &["web,", "--runtime-endpoint", "unix:///nonexistent"],
+            "invalid pod \"\": empty pod name",
+        ),
+        (
+            &[
+                "web,db",
+                "-w",
+                "x.pcap",
+                "--runtime-endpoint",
+                "unix:///nonexistent",
+            ],
+            "x.pcap is classic pcap",
+        ),
+    ] {
+        let err = capture(args).unwrap().plan(false).await.err().unwrap();
+        let text = podtrace::error_chain(err.as_ref());
+        assert!(text.starts_with(want), "{args:?}: {text}");
+    }
 }

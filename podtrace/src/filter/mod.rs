@@ -202,8 +202,9 @@ impl Filter {
 /// Compiling takes the same lock, which costs nothing in a one-shot CLI.
 static LIBPCAP: Mutex<()> = Mutex::new(());
 
-/// The few libpcap functions podtrace needs (libpcap-dev provides the
-/// library; `cargo xtask setup` installs it).
+/// The few libpcap functions podtrace needs. `build.rs` links the library:
+/// libpcap-dev's shared one (`cargo xtask setup` installs it), or a static
+/// one for `cargo xtask dist`.
 mod ffi {
     use super::{c_char, c_int, c_uint};
     use podtrace_common::FilterInsn;
@@ -224,7 +225,6 @@ mod ffi {
         pub bf_insns: *mut FilterInsn,
     }
 
-    #[link(name = "pcap")]
     extern "C" {
         pub fn pcap_open_dead(linktype: c_int, snaplen: c_int) -> *mut Pcap;
         pub fn pcap_compile(

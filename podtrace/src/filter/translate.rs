@@ -56,6 +56,8 @@ pub struct Maps {
 pub struct Options {
     /// Slot of `Maps::capture` to tail-call for accepted packets.
     pub slot: u32,
+    /// Slot to tail-call for rejected packets (a program that counts them).
+    pub rejected: u32,
     /// Packet offsets up to this are read from the linear head when it holds
     /// them (`podtrace_common::FILTER_DIRECT_MAX`); 0 sends every load
     /// through `bpf_skb_load_bytes` (tests).
@@ -483,7 +485,7 @@ impl Translator {
         }
     }
 
-    /// Bumps per-CPU counter `index`.
+    /// Bumps per-CPU counter `index` of the unattributed slot (0).
     fn count(&mut self, index: u32) {
         let skip = self.new_label();
         self.emit(ST | MEM | W, FP, 0, KEY_SLOT, index as i32);
@@ -498,13 +500,23 @@ impl Translator {
         self.bind(skip);
     }
 
+    /// Tail-calls slot `slot` of the capture program array.
+    fn tail_call(&mut self, slot: u32) {
+        self.emit(ALU64 | MOV | SRC_X, R1, SKB, 0, 0);
+        self.ld_map_fd(R2, self.maps.capture);
+        self.mov32_k(R3, slot);
+        self.call(HELPER_TAIL_CALL);
+    }
+
     fn exit_next(&mut self) {
         self.emit(ALU64 | MOV, R0, 0, 0, TCX_NEXT);
         self.emit(JMP | EXIT, 0, 0, 0, 0);
     }
 
-    /// Accepted packets go on to the capture program, which counts them;
-    /// rejected ones are counted here. Either way the verdict is TCX_NEXT.
+    /// Accepted packets go on to the capture program and rejected ones to
+    /// the program that counts them (`podtrace_rejected`, or its eth0
+    /// twin), both of which count them in their link's slot.
+    /// Either way the verdict is TCX_NEXT.
     fn epilogue(&mut self) {
         // The verifier refuses unreachable code: a filter that accepts
         // everything has no reject path, one that rejects everything no
@@ -512,17 +524,16 @@ impl Translator {
         let wanted = |t: &Self, label| t.fixups.iter().any(|(_, l)| *l == label);
         if wanted(self, Label::Accept) {
             self.bind(Label::Accept);
-            self.emit(ALU64 | MOV | SRC_X, R1, SKB, 0, 0);
-            self.ld_map_fd(R2, self.maps.capture);
-            self.mov32_k(R3, self.opts.slot);
-            self.call(HELPER_TAIL_CALL);
-            // Only reached if the tail call failed: the packet is lost.
+            self.tail_call(self.opts.slot);
+            // Only reached if the tail call failed (never expected): the
+            // packet is lost, counted without a link.
             self.count(COUNTER_PASSED);
             self.count(COUNTER_LOST);
             self.exit_next();
         }
         if wanted(self, Label::Reject) {
             self.bind(Label::Reject);
+            self.tail_call(self.opts.rejected);
             self.count(COUNTER_FILTERED);
             self.exit_next();
         }

@@ -13,7 +13,9 @@
 //! With a pid both are used and must agree; with only a namespace path the
 //! netlink way is all there is.
 
+mod events;
 mod netlink;
+mod path;
 
 use std::{
     fs, io,
@@ -21,7 +23,9 @@ use std::{
     path::{Path, PathBuf},
 };
 
-pub use netlink::LinkInfo;
+pub use events::{LinkEvent, LinkMonitor};
+pub use netlink::{dump_links, LinkInfo};
+pub use path::{PathCounts, PathReader, PodPath};
 
 /// The interface inside the target namespace whose peer we look for.
 pub const POD_IFACE: &str = "eth0";
@@ -90,6 +94,28 @@ pub fn by_name(name: &str) -> Result<HostLink, LinkError> {
 
 /// The host end of the veth whose other end is eth0 of process `pid`.
 pub fn by_pid(pid: u32) -> Result<HostLink, LinkError> {
+    HostLinks::dump()?.by_pid(pid)
+}
+
+/// The host's links, dumped once for many lookups (a watcher resolving
+/// fifty pods asks the kernel once, not fifty times).
+pub struct HostLinks(Vec<LinkInfo>);
+
+impl HostLinks {
+    pub fn dump() -> Result<Self, LinkError> {
+        // Dumping fills IFLA_LINK_NETNSID, which is what makes the kernel
+        // assign an nsid to a peer namespace that has none yet: before any
+        // nsid is asked for.
+        netlink::dump_links().map(Self).map_err(LinkError::Netlink)
+    }
+
+    /// [`by_pid`] against this snapshot.
+    pub fn by_pid(&self, pid: u32) -> Result<HostLink, LinkError> {
+        by_pid_in(&self.0, pid)
+    }
+}
+
+fn by_pid_in(links: &[LinkInfo], pid: u32) -> Result<HostLink, LinkError> {
     let proc_dir = PathBuf::from(format!("/proc/{pid}"));
     if !proc_dir.exists() {
         return Err(LinkError::PidNotFound(pid));
@@ -99,7 +125,7 @@ pub fn by_pid(pid: u32) -> Result<HostLink, LinkError> {
     let iflink_path = proc_dir.join(format!("root/sys/class/net/{POD_IFACE}/iflink"));
     // Resolve the namespace first: a process in the host namespace would make
     // the iflink path read the host's own eth0.
-    let peers = netns_peers(&netns, &what)?;
+    let peers = netns_peers(links, &netns, &what)?;
     let iflink = match fs::read_to_string(&iflink_path) {
         Ok(contents) => Some(parse_ifindex(&contents).ok_or_else(|| LinkError::Parse {
             path: iflink_path.clone(),
@@ -120,12 +146,13 @@ pub fn by_pid(pid: u32) -> Result<HostLink, LinkError> {
 /// The host end of the veth whose other end lives in the namespace at `path`.
 pub fn by_netns(path: &Path) -> Result<HostLink, LinkError> {
     let what = format!("network namespace {}", path.display());
-    let peers = netns_peers(path, &what)?;
+    let links = HostLinks::dump()?;
+    let peers = netns_peers(&links.0, path, &what)?;
     reconcile(&what, None, &peers)
 }
 
-/// Host links whose peer is in the namespace at `path`.
-fn netns_peers(path: &Path, what: &str) -> Result<Vec<LinkInfo>, LinkError> {
+/// Host links (of a dump taken before) whose peer is in the namespace at `path`.
+fn netns_peers(links: &[LinkInfo], path: &Path, what: &str) -> Result<Vec<LinkInfo>, LinkError> {
     let file = fs::File::open(path).map_err(|e| match e.kind() {
         io::ErrorKind::NotFound => LinkError::NetnsNotFound(path.to_owned()),
         _ => LinkError::Read {
@@ -144,9 +171,6 @@ fn netns_peers(path: &Path, what: &str) -> Result<Vec<LinkInfo>, LinkError> {
     if (meta.dev(), meta.ino()) == (own.dev(), own.ino()) {
         return Err(LinkError::HostNetns { what: what.into() });
     }
-    // Dump first: filling IFLA_LINK_NETNSID is what makes the kernel assign
-    // an nsid to a peer namespace that has none yet.
-    let links = netlink::dump_links().map_err(LinkError::Netlink)?;
     let nsid = match netlink::nsid_of_fd(file.as_raw_fd()) {
         Ok(nsid) => nsid,
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
@@ -155,7 +179,7 @@ fn netns_peers(path: &Path, what: &str) -> Result<Vec<LinkInfo>, LinkError> {
         Err(e) => return Err(LinkError::Netlink(e)),
     };
     Ok(match nsid {
-        Some(nsid) => peers_in(&links, nsid).cloned().collect(),
+        Some(nsid) => peers_in(links, nsid).cloned().collect(),
         None => Vec::new(),
     })
 }

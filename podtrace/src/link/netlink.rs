@@ -3,15 +3,13 @@
 
 use std::io;
 
-use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST,
-};
 use netlink_packet_route::{
     link::{LinkAttribute, LinkMessage},
     nsid::{NsidAttribute, NsidMessage},
     RouteNetlinkMessage,
 };
-use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+
+use crate::rtnl::{request, Kind};
 
 /// What link discovery needs to know about one host link.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,7 +28,10 @@ impl LinkInfo {
 
 /// All links of the calling process's network namespace.
 pub fn dump_links() -> io::Result<Vec<LinkInfo>> {
-    let replies = request(RouteNetlinkMessage::GetLink(LinkMessage::default()), true)?;
+    let replies = request(
+        RouteNetlinkMessage::GetLink(LinkMessage::default()),
+        Kind::Dump,
+    )?;
     Ok(replies
         .into_iter()
         .filter_map(|m| match m {
@@ -40,7 +41,7 @@ pub fn dump_links() -> io::Result<Vec<LinkInfo>> {
         .collect())
 }
 
-fn link_info(msg: LinkMessage) -> LinkInfo {
+pub(super) fn link_info(msg: LinkMessage) -> LinkInfo {
     let mut info = LinkInfo {
         index: msg.header.index,
         name: String::new(),
@@ -61,7 +62,7 @@ fn link_info(msg: LinkMessage) -> LinkInfo {
 pub fn nsid_of_fd(fd: i32) -> io::Result<Option<i32>> {
     let mut msg = NsidMessage::default();
     msg.attributes.push(NsidAttribute::Fd(fd as u32));
-    let replies = request(RouteNetlinkMessage::GetNsId(msg), false)?;
+    let replies = request(RouteNetlinkMessage::GetNsId(msg), Kind::Get)?;
     for reply in replies {
         if let RouteNetlinkMessage::NewNsId(msg) = reply {
             for attr in msg.attributes {
@@ -72,44 +73,4 @@ pub fn nsid_of_fd(fd: i32) -> io::Result<Option<i32>> {
         }
     }
     Err(io::Error::other("RTM_GETNSID reply without an id"))
-}
-
-/// Sends one request and collects every reply until done.
-fn request(msg: RouteNetlinkMessage, dump: bool) -> io::Result<Vec<RouteNetlinkMessage>> {
-    let mut socket = Socket::new(NETLINK_ROUTE)?;
-    socket.bind_auto()?;
-    socket.connect(&SocketAddr::new(0, 0))?;
-
-    let mut header = NetlinkHeader::default();
-    header.flags = NLM_F_REQUEST | if dump { NLM_F_DUMP } else { 0 };
-    header.sequence_number = 1;
-    let mut packet = NetlinkMessage::new(header, NetlinkPayload::from(msg));
-    packet.finalize();
-    let mut buf = vec![0; packet.buffer_len()];
-    packet.serialize(&mut buf);
-    socket.send(&buf, 0)?;
-
-    let mut replies = Vec::new();
-    loop {
-        let (data, _) = socket.recv_from_full()?;
-        let mut offset = 0;
-        while offset < data.len() {
-            let reply = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&data[offset..])
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-            let len = reply.header.length as usize;
-            match reply.payload {
-                NetlinkPayload::InnerMessage(inner) => replies.push(inner),
-                NetlinkPayload::Done(_) => return Ok(replies),
-                NetlinkPayload::Error(e) if e.code.is_some() => return Err(e.to_io()),
-                _ => {}
-            }
-            if !dump {
-                return Ok(replies);
-            }
-            if len == 0 {
-                break;
-            }
-            offset += len;
-        }
-    }
 }

@@ -3,9 +3,9 @@
 //! always parses.
 
 use std::{
-    fs::{self, File, OpenOptions},
+    fs::{File, OpenOptions},
     io::{self, BufWriter, Write},
-    os::unix::fs::{OpenOptionsExt, PermissionsExt},
+    os::unix::fs::{MetadataExt, OpenOptionsExt},
     path::Path,
 };
 
@@ -49,26 +49,16 @@ pub struct RecordFile {
 }
 
 impl RecordFile {
-    /// Creates (or truncates) `path`, readable by its owner only: packet
-    /// data is sensitive.
+    /// Opens `path` for a new capture: never through a symlink (podtrace
+    /// runs as root and is pointed at shared directories), private (0600)
+    /// when podtrace creates it, truncated but with its mode kept when it
+    /// is an existing regular file, as is when it is a device or a FIFO.
     pub fn create(path: &Path) -> Result<Self, SinkError> {
         let open_err = |source| SinkError::Open {
             path: path.to_owned(),
             source,
         };
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(open_err)?;
-        // An existing file keeps its mode on open; tighten it, but never
-        // touch a device such as /dev/null.
-        if file.metadata().map_err(open_err)?.is_file() {
-            file.set_permissions(fs::Permissions::from_mode(0o600))
-                .map_err(open_err)?;
-        }
+        let file = open_output(path).map_err(open_err)?;
         let out = file.try_clone().map_err(open_err)?;
         Ok(Self::new(
             Box::new(out),
@@ -163,6 +153,50 @@ impl RecordFile {
     }
 }
 
+/// The output file, opened without following a symlink in its last
+/// component: a link planted at `-w`'s name (say to /etc/passwd) is refused
+/// rather than truncated and filled with packets.
+fn open_output(path: &Path) -> io::Result<File> {
+    let nofollow = libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    let created = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(nofollow)
+        .open(path);
+    let err = match created {
+        Ok(file) => return Ok(file),
+        Err(e) => e,
+    };
+    if err.kind() != io::ErrorKind::AlreadyExists {
+        return Err(err);
+    }
+    // An existing name: the user's own file, a device (/dev/null) or a FIFO.
+    let file = OpenOptions::new()
+        .write(true)
+        .custom_flags(nofollow)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => io::Error::other(
+                "it is a symbolic link, and podtrace does not write through symlinks (name the file it points to)",
+            ),
+            _ => e,
+        })?;
+    let meta = file.metadata()?;
+    if meta.is_file() {
+        // Another name for the same file (a hard link planted like a
+        // symlink) would be emptied too.
+        if meta.nlink() > 1 {
+            return Err(io::Error::other(format!(
+                "it has {} hard links, and podtrace does not truncate a file that other names share",
+                meta.nlink()
+            )));
+        }
+        file.set_len(0)?;
+    }
+    Ok(file)
+}
+
 impl Write for RecordFile {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         let n = self.buf.write(data)?;
@@ -226,18 +260,67 @@ mod tests {
         let err = rf.flush().unwrap_err();
         assert!(err.to_string().contains("No space left"), "{err}");
         drop(rf);
-        assert_eq!(fs::read(&path).unwrap(), vec![1; 20]);
+        assert_eq!(std::fs::read(&path).unwrap(), vec![1; 20]);
     }
 
     #[test]
     fn created_files_are_private() {
+        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("p.pcap");
-        fs::write(&path, b"old").unwrap();
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
         RecordFile::create(&path).unwrap();
-        let meta = fs::metadata(&path).unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
         assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    }
+
+    #[test]
+    fn an_existing_file_is_truncated_and_keeps_its_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.pcap");
+        std::fs::write(&path, b"old").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        RecordFile::create(&path).unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o644);
         assert_eq!(meta.len(), 0);
+    }
+
+    #[test]
+    fn symlinks_are_refused_and_their_target_untouched() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("passwd");
+        std::fs::write(&victim, b"root:x:0:0\n").unwrap();
+        std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let link = dir.path().join("x.pcap");
+        std::os::unix::fs::symlink(&victim, &link).unwrap();
+        let err = RecordFile::create(&link).err().unwrap();
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        assert_eq!(std::fs::read(&victim).unwrap(), b"root:x:0:0\n");
+        let mode = std::fs::metadata(&victim).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o644);
+        // A dangling link is not followed to create its target either.
+        let dangling = dir.path().join("d.pcap");
+        std::os::unix::fs::symlink(dir.path().join("new"), &dangling).unwrap();
+        assert!(RecordFile::create(&dangling).is_err());
+        assert!(!dir.path().join("new").exists());
+    }
+
+    #[test]
+    fn hard_links_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("shadow");
+        std::fs::write(&victim, b"secret").unwrap();
+        let link = dir.path().join("x.pcap");
+        std::fs::hard_link(&victim, &link).unwrap();
+        let err = RecordFile::create(&link).err().unwrap();
+        assert!(err.to_string().contains("hard links"), "{err}");
+        assert_eq!(std::fs::read(&victim).unwrap(), b"secret");
+    }
+
+    #[test]
+    fn devices_are_written_as_they_are() {
+        RecordFile::create(Path::new("/dev/null")).unwrap();
     }
 }

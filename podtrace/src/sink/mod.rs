@@ -10,23 +10,32 @@ mod pcapng;
 mod rotate;
 mod text;
 
-use std::{collections::HashMap, io, path::PathBuf, time::Duration};
+use std::{
+    io,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 pub use self::{
     file::RecordFile,
     pcap::PcapSink,
     pcapng::PcapNgSink,
     rotate::{file_name, RotatingSink, Rotation},
-    text::{TextSink, TextStyle},
+    text::{Formatter, TextSink, TextStyle},
 };
 use crate::ring::Direction;
+
+/// A captured interface, numbered by the capture in the order interfaces
+/// appear (a pod, or a host interface); sinks map it to their own numbers.
+pub type InterfaceId = u32;
 
 /// A packet on its way to a sink.
 #[derive(Debug, Clone, Copy)]
 pub struct Packet<'a> {
     /// Wall-clock time since the Unix epoch.
     pub ts: Duration,
-    pub ifindex: u32,
+    /// Announced to the sink with [`Sink::add_interface`] before.
+    pub interface: InterfaceId,
     pub direction: Direction,
     /// Length on the wire; `data` may be shorter (snaplen).
     pub orig_len: u32,
@@ -36,15 +45,15 @@ pub struct Packet<'a> {
 /// A captured interface, as file formats that describe interfaces show it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Interface {
-    pub ifindex: u32,
     /// Short name: "prod/web" for a pod, the interface name otherwise.
     pub name: String,
     /// Everything that identifies it: pod, uid, host veth, ifindex.
     pub description: String,
 }
 
-/// Counts for the end of a capture (pcapng's Interface Statistics Block).
-#[derive(Debug, Clone, Default)]
+/// One interface's counts (pcapng's Interface Statistics Block), written
+/// when it leaves the capture and at the end.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Stats {
     /// Packets the kernel programs saw.
     pub received: u64,
@@ -52,9 +61,14 @@ pub struct Stats {
     pub dropped: u64,
     /// Packets the capture filter rejected.
     pub filtered: u64,
-    /// Capture start, nanoseconds since the epoch.
+    /// When the interface joined the capture, nanoseconds since the epoch.
     pub started_ns: u64,
-    pub captured_per_ifindex: HashMap<u32, u64>,
+    /// Packets the interface's pod received that the capture could not
+    /// see (its CNI delivered them past the host veth); `None` where that
+    /// was not watched.
+    pub missed: Option<u64>,
+    /// Something a reader should know about these numbers.
+    pub comment: Option<String>,
 }
 
 /// Where packets are written.
@@ -77,8 +91,8 @@ pub enum Format {
 
 impl Format {
     /// pcapng for `*.pcapng` names, classic pcap otherwise (like Wireshark's tools).
-    pub fn for_path(path: &str) -> Self {
-        if path.ends_with(".pcapng") {
+    pub fn for_path(path: &Path) -> Self {
+        if path.extension().is_some_and(|e| e == "pcapng") {
             Self::Pcapng
         } else {
             Self::Pcap
@@ -92,9 +106,11 @@ pub struct SinkOptions {
     pub output: Output,
     pub format: Format,
     pub snaplen: u32,
-    pub interfaces: Vec<Interface>,
     pub rotation: Rotation,
     pub text: TextStyle,
+    /// Whether packets of several interfaces can meet in the output: text
+    /// then names each packet's interface (pod), as `tcpdump -i any` does.
+    pub many_interfaces: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -114,6 +130,14 @@ impl SinkError {
 
 /// A destination for captured packets.
 pub trait Sink {
+    /// A new interface, before its first packet.
+    fn add_interface(&mut self, _id: InterfaceId, _iface: &Interface) -> Result<(), SinkError> {
+        Ok(())
+    }
+    /// An interface left the capture (after its last packet): its counts.
+    fn remove_interface(&mut self, _id: InterfaceId, _stats: &Stats) -> Result<(), SinkError> {
+        Ok(())
+    }
     fn write(&mut self, packet: &Packet<'_>) -> Result<(), SinkError>;
     /// Makes everything written so far visible to readers.
     fn flush(&mut self) -> Result<(), SinkError>;
@@ -121,8 +145,9 @@ pub trait Sink {
     fn bytes_written(&self) -> u64 {
         0
     }
-    /// End of the capture: trailing statistics where the format has them.
-    fn finish(&mut self, _stats: &Stats) -> Result<(), SinkError> {
+    /// End of the capture: the counts of the interfaces still in it, where
+    /// the format has room for them.
+    fn finish(&mut self, _live: &[(InterfaceId, Stats)]) -> Result<(), SinkError> {
         self.flush()
     }
     /// The sink wants no more packets (`-G … -W N` reached N files).
@@ -135,24 +160,39 @@ pub trait Sink {
 pub fn open(opts: &SinkOptions) -> Result<Box<dyn Sink>, SinkError> {
     match &opts.output {
         Output::File(path) if opts.rotation.is_active() => {
-            let base = path.to_string_lossy().into_owned();
             let rotation = opts.rotation;
             let opts = opts.clone();
-            let open =
-                Box::new(move |name: &str| file_sink(&opts, RecordFile::create(name.as_ref())?));
-            Ok(Box::new(RotatingSink::new(&base, rotation, open)?))
+            let open = Box::new(move |name: &Path| file_sink(&opts, RecordFile::create(name)?));
+            Ok(Box::new(RotatingSink::new(path, rotation, open)?))
         }
         Output::File(path) => file_sink(opts, RecordFile::create(path)?),
         Output::Stdout => file_sink(opts, RecordFile::stdout()),
-        Output::Text => Ok(Box::new(TextSink::new(Box::new(io::stdout()), opts.text))),
+        Output::Text => Ok(Box::new(TextSink::new(
+            Box::new(io::stdout()),
+            opts.text,
+            opts.many_interfaces,
+        ))),
     }
 }
 
 fn file_sink(opts: &SinkOptions, out: RecordFile) -> Result<Box<dyn Sink>, SinkError> {
     Ok(match opts.format {
         Format::Pcap => Box::new(PcapSink::new(out, opts.snaplen)?),
-        Format::Pcapng => Box::new(PcapNgSink::new(out, opts.snaplen, &opts.interfaces)?),
+        Format::Pcapng => Box::new(PcapNgSink::new(out, opts.snaplen)?),
     })
+}
+
+/// The local time of a moment given in seconds since the epoch
+/// (localtime_r(3)), for file names and text timestamps.
+pub(crate) fn local_time(epoch_secs: u64) -> libc::tm {
+    // Typed by localtime_r's parameter: musl's time_t is being retyped.
+    let t = epoch_secs as _;
+    // SAFETY: a zeroed tm is valid; localtime_r gets valid pointers.
+    unsafe {
+        let mut tm: libc::tm = std::mem::zeroed();
+        libc::localtime_r(&t, &mut tm);
+        tm
+    }
 }
 
 /// Now, in nanoseconds since the epoch.

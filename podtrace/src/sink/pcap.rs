@@ -86,7 +86,7 @@ mod tests {
         let ts = Duration::new(1_700_000_123, 999_999_999);
         sink.write(&Packet {
             ts,
-            ifindex: 1,
+            interface: 1,
             direction: Direction::In,
             orig_len: 1500,
             data: &data,
@@ -111,7 +111,7 @@ mod tests {
         for (orig_len, direction) in [(6, Direction::In), (1500, Direction::Out)] {
             let packet = Packet {
                 ts,
-                ifindex: 3,
+                interface: 3,
                 direction,
                 orig_len,
                 data: &data,

@@ -1,11 +1,19 @@
 //! tcpdump's file rotation: `-C` (size, millions of bytes), `-G` (seconds,
 //! strftime names), `-W` (a ring of N files with -C; stop after N files with
 //! -G), with tcpdump's file names. A packet is never split or repeated across
-//! files: the decision is made before each packet is written.
+//! files: the decision is made before each packet is written. Every new file
+//! starts by describing the interfaces in the capture at that moment, so each
+//! file stands alone.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::{
+    collections::BTreeMap,
+    ffi::{OsStr, OsString},
+    os::unix::ffi::{OsStrExt, OsStringExt},
+    path::{Path, PathBuf},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
-use super::{Packet, Sink, SinkError, Stats};
+use super::{Interface, InterfaceId, Packet, Sink, SinkError, Stats};
 
 /// What `-C`, `-G` and `-W` asked for.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -24,10 +32,10 @@ impl Rotation {
     }
 }
 
-type OpenFile = Box<dyn FnMut(&str) -> Result<Box<dyn Sink>, SinkError>>;
+type OpenFile = Box<dyn FnMut(&Path) -> Result<Box<dyn Sink>, SinkError>>;
 
 pub struct RotatingSink {
-    base: String,
+    base: PathBuf,
     rotation: Rotation,
     open: OpenFile,
     current: Box<dyn Sink>,
@@ -38,10 +46,12 @@ pub struct RotatingSink {
     /// Files opened for -G periods, for `-G … -W N`.
     periods: u32,
     done: bool,
+    /// The interfaces in the capture now, restated in every new file.
+    live: BTreeMap<InterfaceId, Interface>,
 }
 
 impl RotatingSink {
-    pub fn new(base: &str, rotation: Rotation, mut open: OpenFile) -> Result<Self, SinkError> {
+    pub fn new(base: &Path, rotation: Rotation, mut open: OpenFile) -> Result<Self, SinkError> {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
@@ -55,6 +65,7 @@ impl RotatingSink {
             period_start: now,
             periods: 1,
             done: false,
+            live: BTreeMap::new(),
         })
     }
 
@@ -62,11 +73,24 @@ impl RotatingSink {
         self.current.flush()?;
         let name = file_name(&self.base, &self.rotation, time, self.count);
         self.current = (self.open)(&name)?;
+        for (&id, iface) in &self.live {
+            self.current.add_interface(id, iface)?;
+        }
         Ok(())
     }
 }
 
 impl Sink for RotatingSink {
+    fn add_interface(&mut self, id: InterfaceId, iface: &Interface) -> Result<(), SinkError> {
+        self.live.insert(id, iface.clone());
+        self.current.add_interface(id, iface)
+    }
+
+    fn remove_interface(&mut self, id: InterfaceId, stats: &Stats) -> Result<(), SinkError> {
+        self.live.remove(&id);
+        self.current.remove_interface(id, stats)
+    }
+
     fn write(&mut self, packet: &Packet<'_>) -> Result<(), SinkError> {
         if self.done {
             return Ok(());
@@ -106,8 +130,8 @@ impl Sink for RotatingSink {
         self.current.flush()
     }
 
-    fn finish(&mut self, stats: &Stats) -> Result<(), SinkError> {
-        self.current.finish(stats)
+    fn finish(&mut self, live: &[(InterfaceId, Stats)]) -> Result<(), SinkError> {
+        self.current.finish(live)
     }
 
     fn done(&self) -> bool {
@@ -117,43 +141,46 @@ impl Sink for RotatingSink {
 
 /// tcpdump's name for file number `count`: the -w name (strftime-expanded
 /// with -G), then the count — none for the first file unless -W asks for a
-/// fixed width.
-pub fn file_name(base: &str, rotation: &Rotation, time: Duration, count: u32) -> String {
+/// fixed width. Names are bytes, as paths are.
+pub fn file_name(base: &Path, rotation: &Rotation, time: Duration, count: u32) -> PathBuf {
     let stem = match rotation.interval {
-        Some(_) => strftime(base, time),
-        None => base.to_owned(),
+        Some(_) => strftime(base.as_os_str(), time),
+        None => base.as_os_str().to_owned(),
     };
     let width = rotation
         .max_files
         .map_or(0, |n| n.saturating_sub(1).max(1).to_string().len());
-    if count == 0 && width == 0 {
-        stem
-    } else {
-        format!("{stem}{count:0width$}")
+    let mut name = stem.into_vec();
+    if count != 0 || width != 0 {
+        name.extend_from_slice(format!("{count:0width$}").as_bytes());
     }
+    PathBuf::from(OsString::from_vec(name))
 }
 
-/// strftime(3) in local time.
-fn strftime(format: &str, time: Duration) -> String {
-    let Ok(cfmt) = std::ffi::CString::new(format) else {
+/// strftime(3) in local time, on bytes.
+fn strftime(format: &OsStr, time: Duration) -> OsString {
+    let Ok(cfmt) = std::ffi::CString::new(format.as_bytes()) else {
         return format.to_owned();
     };
-    let secs = time.as_secs() as libc::time_t;
-    // SAFETY: zeroed tm is valid; localtime_r and strftime get valid pointers
-    // and the buffer's real size.
+    let tm = super::local_time(time.as_secs());
+    // SAFETY: strftime gets valid pointers and the buffer's real size.
     unsafe {
-        let mut tm: libc::tm = std::mem::zeroed();
-        libc::localtime_r(&secs, &mut tm);
         let mut buf = vec![0u8; 4096];
         let n = libc::strftime(buf.as_mut_ptr().cast(), buf.len(), cfmt.as_ptr(), &tm);
         buf.truncate(n);
-        String::from_utf8_lossy(&buf).into_owned()
+        OsString::from_vec(buf)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn file_name(base: &str, rotation: &Rotation, time: Duration, count: u32) -> String {
+        super::file_name(Path::new(base), rotation, time, count)
+            .to_string_lossy()
+            .into_owned()
+    }
 
     fn rot(size: Option<u64>, interval: Option<u64>, max: Option<u32>) -> Rotation {
         Rotation {
@@ -194,6 +221,93 @@ mod tests {
         assert_eq!(
             file_name("cap-%H.pcap", &rot(Some(1), None, None), t, 0),
             "cap-%H.pcap"
+        );
+    }
+
+    #[test]
+    fn names_are_bytes_not_text() {
+        let base = Path::new(OsStr::from_bytes(b"cap-\xff-%H.pcap"));
+        let r = rot(None, Some(60), Some(3));
+        let name = super::file_name(base, &r, Duration::from_secs(3600 * 5), 2);
+        assert_eq!(name.as_os_str().as_bytes(), b"cap-\xff-05.pcap2");
+    }
+
+    /// Records what a file sink is asked to do.
+    #[derive(Default)]
+    struct Log(std::rc::Rc<std::cell::RefCell<Vec<String>>>);
+
+    impl Sink for Log {
+        fn add_interface(&mut self, id: InterfaceId, iface: &Interface) -> Result<(), SinkError> {
+            self.0.borrow_mut().push(format!("add {id} {}", iface.name));
+            Ok(())
+        }
+        fn remove_interface(&mut self, id: InterfaceId, _: &Stats) -> Result<(), SinkError> {
+            self.0.borrow_mut().push(format!("remove {id}"));
+            Ok(())
+        }
+        fn write(&mut self, p: &Packet<'_>) -> Result<(), SinkError> {
+            self.0.borrow_mut().push(format!("packet {}", p.interface));
+            Ok(())
+        }
+        fn flush(&mut self) -> Result<(), SinkError> {
+            Ok(())
+        }
+        fn bytes_written(&self) -> u64 {
+            // Over -C 1 after every packet.
+            self.0
+                .borrow()
+                .iter()
+                .filter(|l| l.starts_with("packet"))
+                .count() as u64
+                * 2_000_000
+        }
+    }
+
+    #[test]
+    fn every_new_file_describes_the_interfaces_in_the_capture() {
+        let files = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+        let opened = files.clone();
+        let open: OpenFile = Box::new(move |name| {
+            let log = Log::default();
+            opened.borrow_mut().push((name.to_owned(), log.0.clone()));
+            Ok(Box::new(log))
+        });
+        let mut sink = RotatingSink::new(Path::new("r"), rot(Some(1), None, None), open).unwrap();
+        let iface = |name: &str| Interface {
+            name: name.into(),
+            description: String::new(),
+        };
+        let packet = |interface| Packet {
+            ts: Duration::ZERO,
+            interface,
+            direction: crate::ring::Direction::In,
+            orig_len: 1,
+            data: &[0],
+        };
+        sink.add_interface(0, &iface("a/one")).unwrap();
+        sink.add_interface(1, &iface("a/two")).unwrap();
+        sink.write(&packet(0)).unwrap();
+        sink.remove_interface(0, &Stats::default()).unwrap();
+        sink.write(&packet(1)).unwrap();
+        let files = files.borrow();
+        let logs: Vec<(String, Vec<String>)> = files
+            .iter()
+            .map(|(name, log)| (name.display().to_string(), log.borrow().clone()))
+            .collect();
+        assert_eq!(
+            logs,
+            [
+                (
+                    "r".into(),
+                    vec![
+                        "add 0 a/one".into(),
+                        "add 1 a/two".into(),
+                        "packet 0".into(),
+                        "remove 0".into()
+                    ]
+                ),
+                ("r1".into(), vec!["add 1 a/two".into(), "packet 1".into()]),
+            ]
         );
     }
 }

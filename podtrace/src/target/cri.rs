@@ -123,6 +123,26 @@ pub(crate) fn parse_verbose_info(info: &str) -> VerboseInfo {
     }
 }
 
+/// A [`Sandbox`] from a `ListPodSandbox` entry alone: identity, labels,
+/// state, but no pid, IP or network mode (those need its status).
+pub(crate) fn sandbox_from_listing(listed: &k8s_cri::v1::PodSandbox) -> Sandbox {
+    let identity = select::identity(listed);
+    Sandbox {
+        id: listed.id.clone(),
+        name: identity.name.to_string(),
+        namespace: identity.namespace.to_string(),
+        uid: identity.uid.to_string(),
+        ready: listed.state == SANDBOX_READY,
+        ip: None,
+        pid: None,
+        host_network: false,
+        netns_path: None,
+        created_at_ns: listed.created_at,
+        labels: listed.labels.clone(),
+        attempt: listed.metadata.as_ref().map_or(0, |m| m.attempt),
+    }
+}
+
 /// Builds a [`Sandbox`] from a `PodSandboxStatus` answer.
 pub(crate) fn sandbox_from_status(
     id: &str,
@@ -149,7 +169,11 @@ pub(crate) fn sandbox_from_status(
         .as_ref()
         .map(|network| network.ip.clone())
         .filter(|ip| !ip.is_empty());
+    // Kubelet copies the pod's labels onto the sandbox, next to its own.
+    let labels = status.labels.clone();
     Ok(Sandbox {
+        labels,
+        attempt: status.metadata.as_ref().map_or(0, |m| m.attempt),
         id: if status.id.is_empty() {
             id.to_string()
         } else {

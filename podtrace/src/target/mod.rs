@@ -18,12 +18,16 @@
 
 mod cri;
 mod endpoint;
+mod labels;
+mod query;
 mod select;
 
-use std::fmt;
+use std::{collections::HashMap, fmt};
 
 pub use cri::{CriApi, RuntimeClient};
-pub use endpoint::{connect, DEFAULT_ENDPOINTS, ENDPOINT_ENV};
+pub use endpoint::{connect, default_endpoints, DEFAULT_ENDPOINTS, ENDPOINT_ENV, HOST_ROOT};
+pub use labels::{LabelSelector, SelectorError};
+pub use query::PodQuery;
 
 /// Errors met while finding the container runtime or the pod.
 #[derive(Debug, thiserror::Error)]
@@ -48,14 +52,26 @@ pub enum TargetError {
     #[error("unsupported runtime endpoint {0:?}: use unix:///path/to/socket or /path/to/socket")]
     InvalidEndpoint(String),
     /// None of the default sockets belongs to a CRI runtime.
-    #[error("no container runtime found: tried {tried}; use --runtime-endpoint")]
+    #[error("no container runtime found: {tried}; name the socket with --runtime-endpoint, or, in a pod, mount the node's runtime socket (a hostPath volume, see deploy/)")]
     NoRuntime {
-        /// Each endpoint tried, with why it was not usable.
+        /// The sockets that do not exist, and each other endpoint with why it was not usable.
         tried: String,
     },
     /// The socket file does not exist.
     #[error("container runtime socket {0} does not exist")]
     SocketMissing(String),
+    /// Something else than a socket is at the endpoint's path.
+    #[error("container runtime endpoint {path} is not a socket: it is {kind}")]
+    NotASocket {
+        /// The path.
+        path: String,
+        /// What it is instead: "a regular file", "a directory".
+        kind: &'static str,
+    },
+    /// The runtime runs in another PID namespace than podtrace, so the pods' pids it reports
+    /// are not podtrace's.
+    #[error("the container runtime at {0} runs in another PID namespace than podtrace, so the pods' pids it reports are not podtrace's: run podtrace in the node's PID namespace (hostPID: true in a pod)")]
+    RuntimePidNamespace(String),
     /// The socket exists but may not be opened by this user.
     #[error("permission denied on container runtime socket {0}: run podtrace as root")]
     PermissionDenied(String),
@@ -127,6 +143,32 @@ pub enum TargetError {
 }
 
 impl TargetError {
+    /// Whether the user named something that cannot be (exit 2) rather than
+    /// the runtime or the system failing (exit 1).
+    pub fn is_bad_target(&self) -> bool {
+        use TargetError as T;
+        match self {
+            T::InvalidSelector { .. }
+            | T::NamespaceConflict { .. }
+            | T::InvalidEndpoint(_)
+            | T::PodNotFound { .. }
+            | T::UidNotFound(_)
+            | T::ContainerNotFound(_)
+            | T::AmbiguousContainer { .. }
+            | T::SandboxNotFound(_)
+            | T::NotReady { .. }
+            | T::HostNetwork { .. } => true,
+            T::NoRuntime { .. }
+            | T::SocketMissing(_)
+            | T::NotASocket { .. }
+            | T::RuntimePidNamespace(_)
+            | T::PermissionDenied(_)
+            | T::Connect { .. }
+            | T::NotCri { .. }
+            | T::Rpc { .. } => false,
+        }
+    }
+
     pub(crate) fn rpc(call: &'static str, status: &tonic::Status) -> Self {
         TargetError::Rpc {
             call,
@@ -234,6 +276,10 @@ pub struct Sandbox {
     pub netns_path: Option<String>,
     /// Sandbox creation time, nanoseconds since the epoch.
     pub created_at_ns: i64,
+    /// The pod's labels (kubelet copies them onto its sandbox).
+    pub labels: HashMap<String, String>,
+    /// Which sandbox of the pod this is: kubelet counts re-creations.
+    pub attempt: u32,
 }
 
 impl Sandbox {
@@ -321,6 +367,31 @@ pub async fn exists<C: CriApi>(client: &mut C, sandbox_id: &str) -> Result<bool,
             .is_some_and(|s| s.state == cri::SANDBOX_READY)),
         Ok(None) => Ok(false),
         Err(err) => Err(err),
+    }
+}
+
+/// Every sandbox on the node, as listed: identity, labels and state only.
+///
+/// # Errors
+///
+/// [`TargetError::Rpc`] when the runtime fails.
+pub async fn listed<C: CriApi>(client: &mut C) -> Result<Vec<Sandbox>, TargetError> {
+    let sandboxes = client.list_sandboxes().await?;
+    Ok(sandboxes.iter().map(cri::sandbox_from_listing).collect())
+}
+
+/// Full status of one sandbox, converted; `None` once it is gone.
+///
+/// # Errors
+///
+/// [`TargetError::Rpc`] when the runtime fails.
+pub async fn sandbox_status<C: CriApi>(
+    client: &mut C,
+    id: &str,
+) -> Result<Option<Sandbox>, TargetError> {
+    match client.sandbox_status(id, true).await? {
+        Some(response) => cri::sandbox_from_status(id, &response).map(Some),
+        None => Ok(None),
     }
 }
 

@@ -177,6 +177,10 @@ pub(crate) fn not_found_hint(sandboxes: &[PodSandbox], namespace: &str, name: &s
             many.join(", ")
         )),
     }
+    // The name exists: that is the one suggestion, not also close names.
+    if !parts.is_empty() {
+        return format!("; {}", parts.join("; "));
+    }
 
     // Close names: deployment-style `NAME-xxxx` pods first, then by edit distance.
     let limit = max_distance(name);

@@ -276,6 +276,21 @@ fn not_found_suggests_the_namespace() {
 }
 
 #[test]
+fn a_name_found_elsewhere_is_the_only_suggestion() {
+    // Close names elsewhere (prod/web3) once made this line suggest both
+    // "-n prod" and another pod.
+    let mut cri = node(vec![
+        Fake::new("a", "prod", "web2"),
+        Fake::new("b", "prod", "web3"),
+        Fake::new("c", "default", "web1"),
+    ]);
+    assert_eq!(
+        resolve_err(&mut cri, &name("nosuchns", "web2")),
+        "pod nosuchns/web2 not found on this node; a pod named web2 exists in namespace prod: use -n prod"
+    );
+}
+
+#[test]
 fn not_found_suggests_close_names() {
     let mut cri = node(vec![
         Fake::new("a", "default", "web-7d9f-x2x4k"),
@@ -369,8 +384,13 @@ fn list_filters_and_sorts() {
     assert_eq!(ids, ["h", "d2", "d1", "p"]);
     assert!(all[0].host_network && all[0].ip.is_none());
     assert!(!all[2].ready);
+    // Only the prod pod: by sandbox id and by name, not just by count.
     let prod = run(list(&mut cri, Some("prod"))).unwrap();
-    assert_eq!(prod.len(), 1);
+    let ids: Vec<&str> = prod.iter().map(|s| s.id.as_str()).collect();
+    assert_eq!(ids, ["p"]);
+    assert_eq!(prod[0].pod_name(), "prod/web");
+    let none = run(list(&mut cri, Some("staging"))).unwrap();
+    assert!(none.is_empty());
 }
 
 #[test]

@@ -64,9 +64,9 @@ impl Servers {
 }
 
 /// One iperf3 client run, as its JSON reports it.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Traffic {
-    /// UDP datagrams the clients sent.
+    /// UDP datagrams the clients sent (0 for TCP, which counts no packets).
     pub sent: u64,
     /// UDP datagrams the servers received (sent minus what they counted lost).
     pub received: u64,
@@ -144,7 +144,7 @@ pub fn run_clients(argvs: &[Vec<String>], secs: u32) -> Result<Traffic> {
         children.push((child, reader));
     }
     let mut total = Traffic::default();
-    for (mut child, reader) in children {
+    for ((mut child, reader), argv) in children.into_iter().zip(argvs) {
         let status = child.wait(Duration::from_secs(u64::from(secs) + 30))?;
         let json = reader.join().unwrap_or_default();
         let v: Value = serde_json::from_str(&json)
@@ -153,16 +153,36 @@ pub fn run_clients(argvs: &[Vec<String>], secs: u32) -> Result<Traffic> {
             bail!("iperf3: {err}");
         }
         ensure!(status.success(), "iperf3 failed ({status})");
-        let end = &v["end"];
-        let num = |v: &Value| v.as_f64().unwrap_or(0.0);
-        let sent = &end["sum_sent"];
-        let received = &end["sum_received"];
-        total.sent += num(&sent["packets"]) as u64;
-        total.received += (num(&received["packets"]) - num(&received["lost_packets"])) as u64;
-        total.seconds = total.seconds.max(num(&sent["seconds"]));
-        total.bits_per_second += num(&received["bits_per_second"]);
+        let udp = argv.iter().any(|a| a == "-u");
+        let one = client_traffic(&v, udp).with_context(|| format!("iperf3 printed: {json}"))?;
+        total.sent += one.sent;
+        total.received += one.received;
+        total.seconds = total.seconds.max(one.seconds);
+        total.bits_per_second += one.bits_per_second;
     }
     Ok(total)
+}
+
+/// What one client's JSON reports (`udp`: datagram counts too). A figure
+/// missing from the JSON is an error, never a zero.
+fn client_traffic(v: &Value, udp: bool) -> Result<Traffic> {
+    let num = |path: &str| {
+        v.pointer(path)
+            .and_then(Value::as_f64)
+            .with_context(|| format!("iperf3's JSON has no number at {path}"))
+    };
+    let (sent, received) = if udp {
+        let received = num("/end/sum_received/packets")? - num("/end/sum_received/lost_packets")?;
+        (num("/end/sum_sent/packets")? as u64, received as u64)
+    } else {
+        (0, 0)
+    };
+    Ok(Traffic {
+        sent,
+        received,
+        seconds: num("/end/sum_sent/seconds")?,
+        bits_per_second: num("/end/sum_received/bits_per_second")?,
+    })
 }
 
 #[cfg(test)]
@@ -185,5 +205,55 @@ mod tests {
         assert_eq!(argv[b + 1], (50_000 * 64 * 8).to_string());
         let argv = client_argv("10.0.0.2", 5201, 5, Load::Udp { len: 64, pps: 0 }, 1);
         assert!(argv.ends_with(&["-b".to_string(), "0".to_string()]));
+    }
+
+    /// The `end` of iperf3 3.12's JSON, UDP and TCP, as it printed them here.
+    fn udp_end() -> Value {
+        serde_json::json!({"end": {
+            "sum_sent": {"seconds": 1.00008, "bits_per_second": 999344.05, "packets": 1952, "lost_packets": 0},
+            "sum_received": {"seconds": 1.000262, "bits_per_second": 999162.22, "packets": 1952, "lost_packets": 2},
+        }})
+    }
+
+    fn tcp_end() -> Value {
+        serde_json::json!({"end": {
+            "sum_sent": {"seconds": 1.001658, "bytes": 1166409728u64, "bits_per_second": 9315832174.25, "retransmits": 2},
+            "sum_received": {"seconds": 1.006991, "bytes": 1165099008u64, "bits_per_second": 9256082789.22},
+        }})
+    }
+
+    #[test]
+    fn client_figures_come_from_the_json() {
+        let udp = client_traffic(&udp_end(), true).unwrap();
+        assert_eq!((udp.sent, udp.received), (1952, 1950));
+        assert_eq!(udp.seconds, 1.00008);
+        assert_eq!(udp.bits_per_second, 999162.22);
+        let tcp = client_traffic(&tcp_end(), false).unwrap();
+        assert_eq!((tcp.sent, tcp.received), (0, 0));
+        assert_eq!(tcp.bits_per_second, 9256082789.22);
+    }
+
+    #[test]
+    fn a_missing_figure_is_an_error_not_zero() {
+        for (path, udp) in [
+            ("/end/sum_received/lost_packets", true),
+            ("/end/sum_received/packets", true),
+            ("/end/sum_sent/packets", true),
+            ("/end/sum_sent/seconds", true),
+            ("/end/sum_received/bits_per_second", false),
+            ("/end/sum_sent/seconds", false),
+        ] {
+            let mut v = if udp { udp_end() } else { tcp_end() };
+            let (parent, key) = path.rsplit_once('/').unwrap();
+            v.pointer_mut(parent)
+                .unwrap()
+                .as_object_mut()
+                .unwrap()
+                .remove(key);
+            let err = client_traffic(&v, udp).unwrap_err();
+            assert!(err.to_string().contains(path), "{path}: {err}");
+        }
+        // A TCP run's JSON has no packet counts: as UDP it is refused.
+        assert!(client_traffic(&tcp_end(), true).is_err());
     }
 }

@@ -18,9 +18,11 @@ mod first_packet;
 mod hook_mover;
 mod iperf;
 mod procs;
+mod redirect;
 mod report;
 mod tcp_switch;
 mod throughput;
+mod workload;
 
 use std::{
     path::PathBuf,
@@ -75,7 +77,7 @@ pub struct Options {
 }
 
 /// The sections `--only` picks from, in the order they run.
-pub const SECTIONS: [&str; 8] = [
+pub const SECTIONS: [&str; 10] = [
     "tcp",
     "udp",
     "small-buffers",
@@ -84,6 +86,8 @@ pub const SECTIONS: [&str; 8] = [
     "filter-switch",
     "filter-udp",
     "first-packet",
+    "workload",
+    "redirect",
 ];
 
 impl Options {
@@ -209,6 +213,15 @@ pub fn run(opts: &Options) -> Result<String> {
     if opts.runs("first-packet") {
         eprintln!("bench: time to first packet");
         bench.first_packet(&mut report)?;
+    }
+    if opts.runs("redirect") {
+        eprintln!("bench: packets that skip the host veth: detection, the eth0 hook");
+        bench.redirect(&mut report.redirect)?;
+    }
+
+    if opts.runs("workload") {
+        eprintln!("bench: workload capture (a node of 50 pods)");
+        workload::run(&opts.podtrace, plan, &mut report.workload)?;
     }
 
     report.commands = std::mem::take(&mut bench.commands);

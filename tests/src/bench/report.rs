@@ -6,6 +6,7 @@ use std::{collections::HashMap, fmt::Write as _, path::PathBuf, process::Command
 use super::{
     filters::{self, FilterResults},
     procs::{CaptureSpec, Tool},
+    workload::WorkloadResults,
     FirstPacket, LossFree, Options, Plan, RunResult, FULL, SENDERS, SMALL_BUFFER_KIB, UDP_LENS,
     UDP_SNAPLEN,
 };
@@ -22,6 +23,8 @@ pub struct Report {
     pub small: HashMap<Tool, Vec<RunResult>>,
     pub first_packet: HashMap<FirstPacket, Vec<Duration>>,
     pub filters: FilterResults,
+    pub workload: WorkloadResults,
+    pub redirect: super::redirect::Results,
     pub commands: Vec<(String, String)>,
     pub retried: usize,
 }
@@ -94,6 +97,8 @@ pub fn row_labels() -> Vec<String> {
     rows.extend([Tool::Tcpdump, Tool::Podtrace].map(small_label));
     rows.extend(FirstPacket::ALL.map(|w| first_packet_label(w).to_owned()));
     rows.extend(filters::row_labels());
+    rows.extend(super::workload::row_labels());
+    rows.extend(super::redirect::row_labels());
     rows.extend(GOALS.map(String::from));
     rows
 }
@@ -180,6 +185,8 @@ impl Report {
             small: HashMap::new(),
             first_packet: HashMap::new(),
             filters: FilterResults::default(),
+            workload: WorkloadResults::default(),
+            redirect: Default::default(),
             commands: Vec::new(),
             retried: 0,
         }
@@ -256,6 +263,8 @@ impl Report {
         self.small_table(&mut o);
         self.first_packet_table(&mut o);
         self.filters.render(&mut o, self.plan);
+        self.workload.render(&mut o);
+        super::redirect::render(&self.redirect, self.plan, &mut o);
         self.goals(&mut o);
         let _ = write!(o, "\n{}", include_str!("notes.md"));
         o

@@ -1,6 +1,8 @@
 //! `cargo xtask demo`: a throwaway node with one pod serving HTTP, captured
-//! by podtrace while traffic flows; prints what was captured, then removes
-//! everything it made (the pcap stays, for Wireshark).
+//! by podtrace while traffic flows; then a workload capture (`-l`) of that
+//! pod and two more, one of which starts during the capture. Prints what
+//! was captured, then removes everything it made (the captures stay, for
+//! Wireshark).
 
 use std::{path::Path, process::ExitCode, time::Duration};
 
@@ -14,6 +16,7 @@ use podtrace_tests::{
 
 const POD: &str = "demo-web";
 const OUTPUT: &str = "demo.pcap";
+const WORKLOAD: &str = "demo-workload.pcapng";
 /// Packets listed in full; the rest is summarised.
 const SHOWN: usize = 40;
 
@@ -37,7 +40,7 @@ fn main() -> ExitCode {
 }
 
 fn demo(node: &Node) -> Result<()> {
-    let pod = node.run_pod(PodSpec::new(POD))?;
+    let pod = node.run_pod(PodSpec::new(POD).label("app", "demo"))?;
     let ip = pod.ip()?;
     let endpoint = node.endpoint();
 
@@ -86,10 +89,89 @@ fn demo(node: &Node) -> Result<()> {
     }
     println!("\n$ tshark -r {OUTPUT} -q -z conv,ip");
     print!("{}", sh(&["tshark", "-r", OUTPUT, "-q", "-z", "conv,ip"])?);
+    let workload = workload(node, &endpoint)?;
     node.remove_pod(&pod)?;
     println!(
-        "\nThe capture is in {} (open it with Wireshark). The throwaway node is gone.",
-        path.display()
+        "\nThe captures are in {} and {} (open them with Wireshark). The throwaway node is gone.",
+        path.display(),
+        workload.display()
     );
     Ok(())
+}
+
+/// Every pod labelled `app=demo`, in one pcapng: one more pod before the
+/// capture, one that starts during it.
+fn workload(node: &Node, endpoint: &str) -> Result<std::path::PathBuf> {
+    let api = node.run_pod(PodSpec::new("demo-api").label("app", "demo"))?;
+    let other = node.run_pod(PodSpec::new("demo-other").label("app", "other"))?;
+    println!("\n$ podtrace pods -l app=demo --runtime-endpoint {endpoint}");
+    let pods = run::run(&["pods", "-l", "app=demo", "--runtime-endpoint", endpoint])?;
+    ensure!(
+        pods.status.success(),
+        "podtrace pods failed: {}",
+        pods.stderr
+    );
+    print!("{}", pods.stdout);
+
+    println!("\n$ podtrace capture -l app=demo --runtime-endpoint {endpoint} -w {WORKLOAD}");
+    let capture = Capture::start(&[
+        "capture",
+        "-l",
+        "app=demo",
+        "--runtime-endpoint",
+        endpoint,
+        "-w",
+        WORKLOAD,
+    ])?;
+    println!("  (meanwhile: pod demo-late (app=demo) starts; every pod, demo-other too, gets 2 HTTP requests)");
+    let late = node.run_pod(PodSpec::new("demo-late").label("app", "demo"))?;
+    for ip in [api.ip()?, late.ip()?, other.ip()?] {
+        for _ in 0..2 {
+            http::get(ip, HTTP_PORT)?;
+        }
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    let done = capture.stop(libc::SIGINT)?;
+    ensure!(done.status.success(), "podtrace failed: {}", done.stderr);
+    for line in done.stderr.lines() {
+        println!("  {line}");
+    }
+    println!("\n$ capinfos {WORKLOAD} | grep -E 'Interface|Name|Description'");
+    let info = sh(&["capinfos", WORKLOAD])?;
+    for line in info.lines().filter(|l| {
+        l.starts_with("Interface #") || l.contains("Name =") || l.contains("Description =")
+    }) {
+        println!("{line}");
+    }
+    println!(
+        "\n$ tshark -r {WORKLOAD} -Y http -T fields -e frame.interface_name -e frame.packet_flags_direction -e ip.src -e ip.dst -e _ws.col.Info"
+    );
+    print!(
+        "{}",
+        sh(&[
+            "tshark",
+            "-r",
+            WORKLOAD,
+            "-Y",
+            "http",
+            "-T",
+            "fields",
+            "-e",
+            "frame.interface_name",
+            "-e",
+            "frame.packet_flags_direction",
+            "-e",
+            "ip.src",
+            "-e",
+            "ip.dst",
+            "-e",
+            "_ws.col.Info",
+        ])?
+    );
+    for pod in [&api, &late, &other] {
+        node.remove_pod(pod)?;
+    }
+    Path::new(WORKLOAD)
+        .canonicalize()
+        .context("the workload capture file is missing")
 }

@@ -247,7 +247,7 @@ async fn connect(socket: &Path) -> Result<Channel> {
 
 /// `ctr -a SOCKET -n k8s.io images import TAR`: the CRI plugin's namespace, unpacked for
 /// overlayfs.
-fn import(socket: &Path, tar: &Path) -> Result<()> {
+pub(crate) fn import(socket: &Path, tar: &Path) -> Result<()> {
     let out = Command::new("ctr")
         .arg("-a")
         .arg(socket)

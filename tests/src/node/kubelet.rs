@@ -6,11 +6,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use k8s_cri::v1::{
-    ContainerConfig, ContainerFilter, ContainerMetadata, CreateContainerRequest, ImageSpec,
-    LinuxContainerConfig, LinuxContainerSecurityContext, LinuxPodSandboxConfig,
-    LinuxSandboxSecurityContext, ListContainersRequest, ListPodSandboxRequest, NamespaceMode,
-    NamespaceOption, PodSandboxConfig, PodSandboxFilter, PodSandboxMetadata,
-    PodSandboxStatusRequest, RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest,
+    security_profile::ProfileType, Capability, ContainerConfig, ContainerFilter, ContainerMetadata,
+    CreateContainerRequest, ImageSpec, Int64Value, LinuxContainerConfig,
+    LinuxContainerSecurityContext, LinuxPodSandboxConfig, LinuxSandboxSecurityContext,
+    ListContainersRequest, ListPodSandboxRequest, MountPropagation, NamespaceMode, NamespaceOption,
+    PodSandboxConfig, PodSandboxFilter, PodSandboxMetadata, PodSandboxStatusRequest,
+    RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest, SecurityProfile,
     StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
 };
 use serde_json::Value;
@@ -18,26 +19,31 @@ use serde_json::Value;
 use super::containerd::Cri;
 use super::footprint::Footprint;
 use super::pod::{HostVeth, Pod, PodSpec};
-use super::{net, pod_log_dir, BUSYBOX_IMAGE, HTTP_PORT};
+use super::{net, pod_log_dir, HTTP_PORT};
 
 /// How long the default app may take to answer HTTP after its container started.
 const APP_READY_TIMEOUT: Duration = Duration::from_secs(10);
 
-fn namespace_options(host_network: bool) -> NamespaceOption {
-    let network = if host_network {
+fn namespace_options(spec: &PodSpec) -> NamespaceOption {
+    let network = if spec.host_network {
         NamespaceMode::Node
     } else {
         NamespaceMode::Pod
     };
+    let pid = if spec.host_pid {
+        NamespaceMode::Node
+    } else {
+        NamespaceMode::Container
+    };
     NamespaceOption {
         network: network as i32,
-        pid: NamespaceMode::Container as i32,
+        pid: pid as i32,
         ipc: NamespaceMode::Pod as i32,
         ..Default::default()
     }
 }
 
-fn sandbox_config(fp: &Footprint, spec: &PodSpec, uid: &str) -> PodSandboxConfig {
+fn sandbox_config(fp: &Footprint, spec: &PodSpec, uid: &str, attempt: u32) -> PodSandboxConfig {
     let mut labels: HashMap<String, String> = spec.labels.iter().cloned().collect();
     labels.insert("io.kubernetes.pod.name".into(), spec.name.clone());
     labels.insert("io.kubernetes.pod.namespace".into(), spec.namespace.clone());
@@ -61,7 +67,7 @@ fn sandbox_config(fp: &Footprint, spec: &PodSpec, uid: &str) -> PodSandboxConfig
             name: spec.name.clone(),
             uid: uid.to_string(),
             namespace: spec.namespace.clone(),
-            attempt: 0,
+            attempt,
         }),
         hostname: if spec.host_network {
             String::new()
@@ -73,7 +79,8 @@ fn sandbox_config(fp: &Footprint, spec: &PodSpec, uid: &str) -> PodSandboxConfig
         linux: Some(LinuxPodSandboxConfig {
             cgroup_parent: format!("/kubepods/besteffort/pod{uid}"),
             security_context: Some(LinuxSandboxSecurityContext {
-                namespace_options: Some(namespace_options(spec.host_network)),
+                namespace_options: Some(namespace_options(spec)),
+                privileged: spec.security.privileged,
                 ..Default::default()
             }),
             sysctls,
@@ -83,10 +90,41 @@ fn sandbox_config(fp: &Footprint, spec: &PodSpec, uid: &str) -> PodSandboxConfig
     }
 }
 
-/// Runs the sandbox, finds its network, starts the app.
-pub(crate) fn run(cri: &Cri, fp: &Footprint, spec: &PodSpec, uid: &str) -> Result<Pod> {
+/// The app container's securityContext as kubelet translates it.
+fn container_security(spec: &PodSpec) -> LinuxContainerSecurityContext {
+    let sc = &spec.security;
+    let capabilities =
+        (!sc.add_capabilities.is_empty() || !sc.drop_capabilities.is_empty()).then(|| Capability {
+            add_capabilities: sc.add_capabilities.clone(),
+            drop_capabilities: sc.drop_capabilities.clone(),
+            ..Default::default()
+        });
+    LinuxContainerSecurityContext {
+        namespace_options: Some(namespace_options(spec)),
+        capabilities,
+        privileged: sc.privileged,
+        readonly_rootfs: sc.readonly_rootfs,
+        no_new_privs: sc.no_new_privs,
+        run_as_user: sc.run_as_user.map(|value| Int64Value { value }),
+        seccomp: sc.seccomp_runtime_default.then(|| SecurityProfile {
+            profile_type: ProfileType::RuntimeDefault as i32,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Runs the sandbox (kubelet's `attempt` of it: 0 for a new pod, then one
+/// more each time it re-creates the sandbox), finds its network, starts the app.
+pub(crate) fn run(
+    cri: &Cri,
+    fp: &Footprint,
+    spec: &PodSpec,
+    uid: &str,
+    attempt: u32,
+) -> Result<Pod> {
     std::fs::create_dir_all(pod_log_dir(fp, uid))?;
-    let config = sandbox_config(fp, spec, uid);
+    let config = sandbox_config(fp, spec, uid, attempt);
     let mut client = cri.runtime();
     let (sandbox_id, info) = cri.block_on(async {
         let sandbox_id = client
@@ -129,13 +167,26 @@ pub(crate) fn run(cri: &Cri, fp: &Footprint, spec: &PodSpec, uid: &str) -> Resul
     let container = ContainerConfig {
         metadata: Some(ContainerMetadata {
             name: "app".to_string(),
-            attempt: 0,
+            // Its name is reserved until removed: a new sandbox's app is the next attempt.
+            attempt,
         }),
         image: Some(ImageSpec {
-            image: BUSYBOX_IMAGE.to_string(),
+            image: spec.image_name(),
             ..Default::default()
         }),
         command: spec.app_command(),
+        args: spec.args.clone().unwrap_or_default(),
+        mounts: spec
+            .mounts
+            .iter()
+            .map(|m| k8s_cri::v1::Mount {
+                container_path: m.container_path.clone(),
+                host_path: m.host_path.display().to_string(),
+                readonly: m.readonly,
+                propagation: MountPropagation::PropagationPrivate as i32,
+                ..Default::default()
+            })
+            .collect(),
         log_path: "app.log".to_string(),
         labels: HashMap::from([
             (
@@ -150,10 +201,7 @@ pub(crate) fn run(cri: &Cri, fp: &Footprint, spec: &PodSpec, uid: &str) -> Resul
             ("io.kubernetes.pod.uid".to_string(), uid.to_string()),
         ]),
         linux: Some(LinuxContainerConfig {
-            security_context: Some(LinuxContainerSecurityContext {
-                namespace_options: Some(namespace_options(spec.host_network)),
-                ..Default::default()
-            }),
+            security_context: Some(container_security(spec)),
             ..Default::default()
         }),
         ..Default::default()
@@ -191,6 +239,7 @@ pub(crate) fn run(cri: &Cri, fp: &Footprint, spec: &PodSpec, uid: &str) -> Resul
         pid,
         host_network: spec.host_network,
         host_veth,
+        log_path: pod_log_dir(fp, uid).join("app.log"),
         cri: cri.clone(),
     })
 }

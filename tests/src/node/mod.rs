@@ -34,8 +34,10 @@ mod containerd;
 mod footprint;
 mod images;
 mod kubelet;
+pub mod manifest;
 mod net;
 mod pod;
+mod remains;
 mod sys;
 
 use std::net::Ipv4Addr;
@@ -46,7 +48,8 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
-pub use pod::{ExecOutput, HostVeth, Pod, PodSpec};
+pub use pod::{ExecOutput, HostVeth, Mount, Pod, PodSpec, Security};
+pub use remains::{PodTrace, Trace};
 
 use containerd::Cri;
 use footprint::{Footprint, GlobalsGuard};
@@ -171,7 +174,7 @@ impl Node {
             fp.save()?;
         }
         let t0 = Instant::now();
-        let pod = kubelet::run(cri, &self.fp, &spec, &uid)
+        let pod = kubelet::run(cri, &self.fp, &spec, &uid, 0)
             .with_context(|| format!("running pod {}/{}", spec.namespace, spec.name))?;
         self.log(&format!(
             "pod {}/{} up in {:.2?}",
@@ -180,6 +183,43 @@ impl Node {
             t0.elapsed()
         ));
         Ok(pod)
+    }
+
+    /// Imports an image archive into the node's containerd (`ctr images import`, namespace
+    /// `k8s.io`, where the CRI plugin looks), as an operator loads an image onto a node.
+    ///
+    /// # Errors
+    ///
+    /// `ctr` failing.
+    pub fn import_image(&self, archive: &Path) -> Result<()> {
+        self.cri()?;
+        containerd::import(&self.fp.socket(), archive)
+    }
+
+    /// The id of an image as CRI `ImageStatus` reports it, `None` when the node lacks it.
+    ///
+    /// # Errors
+    ///
+    /// The CRI call failing.
+    pub fn image_id(&self, name: &str) -> Result<Option<String>> {
+        let cri = self.cri()?;
+        let request = k8s_cri::v1::ImageStatusRequest {
+            image: Some(k8s_cri::v1::ImageSpec {
+                image: name.to_string(),
+                ..Default::default()
+            }),
+            verbose: false,
+        };
+        let reply = cri
+            .block_on(async { cri.images().image_status(request).await })
+            .context("ImageStatus")?
+            .into_inner();
+        Ok(reply.image.map(|i| i.id))
+    }
+
+    /// The node's containerd socket (for a hostPath mount of it).
+    pub fn socket(&self) -> PathBuf {
+        self.fp.socket()
     }
 
     /// Deletes a pod as kubelet does (stop container with timeout 0, remove it, stop and
@@ -192,6 +232,34 @@ impl Node {
         let cri = self.cri()?;
         kubelet::remove(cri, &pod.sandbox_id)?;
         sys::remove_pod_cgroups(&pod.uid)
+    }
+
+    /// Re-creates a pod's sandbox as kubelet does when it finds it dead:
+    /// stops the old one (its veth goes), runs a new one for the same pod
+    /// (same uid, the next attempt, a new veth) with the app again, then
+    /// removes the old one. Returns the pod on its new sandbox.
+    ///
+    /// # Errors
+    ///
+    /// Any CRI call failing.
+    pub fn recreate_sandbox(&self, pod: &Pod, spec: &PodSpec, attempt: u32) -> Result<Pod> {
+        let cri = self.cri()?;
+        kubelet::stop_sandbox(cri, &pod.sandbox_id)?;
+        let t0 = Instant::now();
+        let new = kubelet::run(cri, &self.fp, spec, &pod.uid, attempt).with_context(|| {
+            format!(
+                "re-creating the sandbox of {}/{}",
+                spec.namespace, spec.name
+            )
+        })?;
+        kubelet::remove(cri, &pod.sandbox_id)?;
+        self.log(&format!(
+            "pod {}/{} sandbox re-created (attempt {attempt}) in {:.2?}",
+            new.namespace,
+            new.name,
+            t0.elapsed()
+        ));
+        Ok(new)
     }
 
     /// Stops a pod's sandbox but keeps the pod (state NOTREADY); `remove_pod`
