@@ -176,7 +176,7 @@ fn refused_natively(insns: &[podtrace_common::FilterInsn]) -> Result<()> {
     match refused {
         Ok(_) => anyhow::bail!("the native engine accepted a loop"),
         Err(e) => {
-            let text = e.to_string();
+            let text = podtrace::error_chain(&e);
             ensure!(
                 text.contains("loops") && text.contains("protochain"),
                 "{text}"
@@ -286,18 +286,22 @@ fn frames() -> Result<Vec<(&'static str, Vec<u8>)>> {
     // Header chains for protochain: longer ones than the program, so that
     // the interpreter must go round its loop more times than the program
     // has instructions.
-    let udp = out[4].1.clone();
+    let udp = named(&out, "udp 7001");
     out.push(("ip ah udp", with_ah(&udp, 1)));
     out.push(("ip ah ah ah udp", with_ah(&udp, 3)));
     out.push(("ip ah ipip", with_ah(&ipip(&udp), 1)));
-    let udp6 = out[10].1.clone();
-    let tcp6 = out[9].1.clone();
+    let udp6 = named(&out, "ip6 udp");
+    let tcp6 = named(&out, "ip6 tcp syn");
     out.push(("ip6 hbh dst udp", with_ip6_extensions(&udp6, &[0, 60])));
     out.push((
         "ip6 hbh dst rt frag dst udp",
         with_ip6_extensions(&udp6, &[0, 60, 43, 44, 60]),
     ));
     out.push(("ip6 frag tcp", with_ip6_extensions(&tcp6, &[44])));
+    // Hop-by-hop options, then "no next header" (59) before the bytes.
+    let mut none6 = udp6.clone();
+    none6[20] = 59;
+    out.push(("ip6 hbh none", with_ip6_extensions(&none6, &[0])));
     // A chain that runs off the end of the frame.
     let mut endless = with_ip6_extensions(&udp6, &[60; 12]);
     endless.truncate(54 + 8 * 12);
