@@ -52,6 +52,9 @@ enum Command {
         /// Where to write the report (default: BENCHMARKS.md in the workspace).
         #[arg(long)]
         out: Option<std::path::PathBuf>,
+        /// Only these sections, comma-separated (podtrace-bench --help lists them).
+        #[arg(long)]
+        only: Option<String>,
     },
 }
 
@@ -65,6 +68,6 @@ fn main() -> Result<()> {
         Command::Demo => run::demo(),
         Command::Test { unit, filter } => run::test(unit, &filter),
         Command::Lint => run::lint(),
-        Command::Bench { quick, out } => run::bench(quick, out),
+        Command::Bench { quick, out, only } => run::bench(quick, out, only),
     }
 }

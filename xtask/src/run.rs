@@ -187,7 +187,7 @@ pub fn lint() -> Result<()> {
     status(&mut ebpf_fmt)
 }
 
-pub fn bench(quick: bool, out: Option<PathBuf>) -> Result<()> {
+pub fn bench(quick: bool, out: Option<PathBuf>, only: Option<String>) -> Result<()> {
     let out = match out {
         Some(path) => std::env::current_dir()?.join(path),
         None => workspace().join("BENCHMARKS.md"),
@@ -195,6 +195,9 @@ pub fn bench(quick: bool, out: Option<PathBuf>) -> Result<()> {
     let mut args = vec!["--out".into(), out.into_os_string()];
     if quick {
         args.push("--quick".into());
+    }
+    if let Some(only) = only {
+        args.extend(["--only".into(), only.into()]);
     }
     run_tests_bin(
         "podtrace-bench",
