@@ -226,7 +226,7 @@ pub fn long_filter_loads_and_matches() -> Result<()> {
 
 /// A filter of thousands of terms (a generated block list) keeps libpcap's
 /// optimizer busy for minutes (issue 15). podtrace says so after a few
-/// seconds, SIGINT stops it at once with one line, and `--duration` counts
+/// seconds, SIGINT, SIGTERM or SIGHUP stops it at once with one line, and `--duration` counts
 /// the compilation: it ends on time, having attached nothing.
 pub fn huge_filter_can_be_stopped() -> Result<()> {
     let net = TestNet::new()?;
@@ -258,6 +258,24 @@ pub fn huge_filter_can_be_stopped() -> Result<()> {
         "after SIGINT: {status}, {rest:?} ({:?} later)",
         stopped.elapsed()
     );
+    // SIGTERM (kubectl delete, systemd) and SIGHUP (a dropped SSH session)
+    // stop it the same way, before the note as well as after it.
+    for (signal, name) in [(libc::SIGTERM, "SIGTERM"), (libc::SIGHUP, "SIGHUP")] {
+        let run = Compiling::start(&base)?;
+        std::thread::sleep(Duration::from_secs(1));
+        // SAFETY: signalling our own child by pid.
+        unsafe { libc::kill(run.child.id() as i32, signal) };
+        let stopped = Instant::now();
+        let (status, lines) = run.finish(Duration::from_secs(3))?;
+        let expected = format!(
+            "podtrace: {name} while libpcap was compiling the filter; nothing was captured"
+        );
+        ensure!(
+            status.code() == Some(1) && lines == [expected],
+            "after {name}: {status}, {lines:?} ({:?} later)",
+            stopped.elapsed()
+        );
+    }
 
     let started = Instant::now();
     let mut args = base.to_vec();
