@@ -17,11 +17,13 @@
 //! [`Sink`], fed records by the loop in [`run`]; the tests drive it with
 //! fakes.
 
+mod bypass;
 mod handover;
 mod held;
 mod inbound;
 mod pace;
 mod run;
+mod stats;
 mod target;
 #[cfg(test)]
 mod tests;
@@ -30,12 +32,13 @@ use std::collections::HashMap;
 
 use podtrace_common::{HOOK_EGRESS, HOOK_ETH0_INGRESS};
 
-use self::{held::Held, inbound::Inbound};
 pub use self::{
-    inbound::{Bypass, Fallback, PathProbe, CHECK_EVERY},
+    bypass::Bypass,
+    inbound::{Fallback, PathProbe, CHECK_EVERY},
     run::{run, CaptureError, CapturePlan, StopReason, Summary},
     target::{Attacher, Change, Target},
 };
+use self::{bypass::Inbound, held::Held};
 use crate::{
     attach::{AttachError, DirectionFilter, Hooks, KernelCounters, TcMode},
     link::HostLink,
@@ -342,7 +345,7 @@ impl<A: Attacher> Session<A> {
         let Some(inbound) = self.inbound.get_mut(&record.header.ifindex) else {
             return false;
         };
-        let inbound::Taken::Handover(handover) = &mut inbound.taken else {
+        let bypass::Taken::Handover(handover) = &mut inbound.taken else {
             return false;
         };
         let digest = handover::digest(record.header.orig_len, record.data);
@@ -355,53 +358,6 @@ impl<A: Attacher> Session<A> {
             self.members[interface as usize].deduped += 1;
         }
         twice
-    }
-
-    /// The target of interface `id` left host link `ifindex`: what was
-    /// said about its packets that skipped it is kept for its statistics.
-    fn leave_inbound(&mut self, id: InterfaceId, ifindex: u32) {
-        if let Some(report) = self.unwatch_inbound(ifindex) {
-            let member = &mut self.members[id as usize];
-            member.left_bypass = Some(match member.left_bypass.take() {
-                Some(before) => Bypass {
-                    missed: before.missed + report.missed,
-                    comment: report.comment.or(before.comment),
-                    note: report.note.or(before.note),
-                },
-                None => report,
-            });
-        }
-    }
-
-    /// What the interface's links said about packets that skipped them.
-    fn bypass(&self, id: InterfaceId) -> Option<Bypass> {
-        let member = &self.members[id as usize];
-        let live = member
-            .ifindex
-            .and_then(|i| self.inbound.get(&i))
-            .map(Inbound::report);
-        match (live, member.left_bypass.clone()) {
-            (Some(live), Some(left)) => Some(Bypass {
-                missed: live.missed + left.missed,
-                comment: live.comment.or(left.comment),
-                note: live.note.or(left.note),
-            }),
-            (live, left) => live.or(left),
-        }
-    }
-
-    /// Packets that reached pods past their veth and are not in the
-    /// capture, and a line about each pod that had some.
-    pub fn missed(&self) -> (u64, Vec<String>) {
-        let mut total = 0;
-        let mut notes = Vec::new();
-        for id in 0..self.members.len() {
-            if let Some(b) = self.bypass(id as InterfaceId) {
-                total += b.missed;
-                notes.extend(b.note);
-            }
-        }
-        (total, notes)
     }
 
     fn write(&mut self, packet: &Packet<'_>) -> Result<(), SinkError> {
@@ -436,40 +392,6 @@ impl<A: Attacher> Session<A> {
         Ok(())
     }
 
-    /// An interface's counts, as its statistics block carries them.
-    fn stats(&self, id: InterfaceId) -> Stats {
-        let member = &self.members[id as usize];
-        let mut kernel = member.retired;
-        if let Some(ifindex) = member.ifindex {
-            kernel += self.attacher.counters(ifindex);
-        }
-        let bypass = self.bypass(id);
-        Stats {
-            // A packet both hooks saw during a handover was received once.
-            received: kernel.seen.saturating_sub(member.deduped),
-            dropped: kernel.lost,
-            filtered: kernel.filtered,
-            started_ns: member.started_ns,
-            missed: bypass.as_ref().map(|b| b.missed),
-            comment: bypass.and_then(|b| b.comment),
-        }
-    }
-
-    /// The kernel's counts over the capture's interfaces (provisional
-    /// links that were discarded left out).
-    pub fn totals(&self) -> KernelCounters {
-        let mut total = self.attacher.unattributed();
-        for (id, _) in self.members.iter().enumerate() {
-            let s = self.stats(id as InterfaceId);
-            total += KernelCounters {
-                seen: s.received,
-                lost: s.dropped,
-                filtered: s.filtered,
-            };
-        }
-        total
-    }
-
     /// Detaches from every link (first step of every stop), after a last
     /// look at the counters of the pods watched at their veth.
     pub fn detach_all(&mut self) {
@@ -493,16 +415,6 @@ impl<A: Attacher> Session<A> {
             .map(|&id| (id, self.stats(id)))
             .collect();
         self.sink.finish(&live)
-    }
-
-    /// Packets written per interface so far, by key (tests, -v).
-    pub fn written(&self) -> impl Iterator<Item = (&str, u64)> {
-        self.members.iter().map(|m| (m.key.as_str(), m.written))
-    }
-
-    /// How many targets are in the capture now.
-    pub fn live(&self) -> usize {
-        self.by_key.len()
     }
 }
 
