@@ -4,7 +4,9 @@
 //!   fifty pods of a selector (the flood's and 49 idle ones): the rate the
 //!   pod's eth0 receives and podtrace's CPU per packet. What it shows is
 //!   whether the per-link counter lookup and fifty links cost the flood
-//!   anything.
+//!   anything. Each run also gives the time from starting podtrace to
+//!   "capturing on" (every pod of the start attached), with TCX and with
+//!   clsact, and podtrace's peak RSS.
 //! - 6b: from a new pod's host veth appearing (the rtnetlink event) to
 //!   podtrace's programs on both of its TC hooks (polled every 0.5 ms),
 //!   for pods created during a capture.
@@ -40,16 +42,23 @@ pub enum Held {
     Nothing,
     OnePod,
     FiftyPods,
+    FiftyClsact,
 }
 
 impl Held {
-    const ALL: [Self; 3] = [Self::Nothing, Self::OnePod, Self::FiftyPods];
+    const ALL: [Self; 4] = [
+        Self::Nothing,
+        Self::OnePod,
+        Self::FiftyPods,
+        Self::FiftyClsact,
+    ];
 
     fn label(self) -> &'static str {
         match self {
             Self::Nothing => "nothing attached",
             Self::OnePod => "podtrace, 1 pod (the flood's)",
             Self::FiftyPods => "podtrace, 50 pods (the flood's and 49 idle)",
+            Self::FiftyClsact => "podtrace --tc-mode clsact, 50 pods",
         }
     }
 }
@@ -64,6 +73,9 @@ pub struct Flood {
     pub lost: u64,
     /// podtrace's CPU per captured packet, ns.
     pub cpu_ns: Option<f64>,
+    /// From spawning podtrace to "capturing on", ms.
+    pub ready_ms: Option<f64>,
+    pub peak_rss_kib: Option<u64>,
 }
 
 #[derive(Debug, Default)]
@@ -108,8 +120,10 @@ pub fn run(podtrace: &std::path::Path, plan: Plan, out: &mut WorkloadResults) ->
     };
     let one = base(&["wl-00"]);
     let fifty = base(&["-l", "app=bench-wl"]);
+    let clsact = base(&["-l", "app=bench-wl", "--tc-mode", "clsact"]);
     out.commands.push(one.join(" "));
     out.commands.push(fifty.join(" "));
+    out.commands.push(clsact.join(" "));
     let secs = plan.udp_secs;
     for run in 0..plan.runs {
         for &held in rotated(&Held::ALL, run) {
@@ -117,6 +131,7 @@ pub fn run(podtrace: &std::path::Path, plan: Plan, out: &mut WorkloadResults) ->
                 Held::Nothing => None,
                 Held::OnePod => Some(&one),
                 Held::FiftyPods => Some(&fifty),
+                Held::FiftyClsact => Some(&clsact),
             };
             let flood = flood(&node, &pods[0], held, argv, secs)?;
             eprintln!(
@@ -144,7 +159,11 @@ fn flood(
     secs: u32,
 ) -> Result<Flood> {
     check_interrupted()?;
+    let spawned = Instant::now();
     let running = argv.map(|a| Running::start(a)).transpose()?;
+    let ready_ms = running
+        .as_ref()
+        .map(|_| spawned.elapsed().as_secs_f64() * 1e3);
     let rx = || -> Result<u64> {
         let path = format!(
             "/proc/{}/root/sys/class/net/eth0/statistics/rx_packets",
@@ -172,13 +191,18 @@ fn flood(
     let took = start.elapsed().as_secs_f64();
     pause(Duration::from_millis(300))?;
     let received = rx()? - before;
-    let (captured, lost, cpu_ns) = match running {
+    let (captured, lost, cpu_ns, peak_rss_kib) = match running {
         Some(r) => {
             let stats = r.stop()?;
             let ns = stats.cpu.as_nanos() as f64 / stats.captured.max(1) as f64;
-            (stats.captured, stats.lost, Some(ns))
+            (
+                stats.captured,
+                stats.lost,
+                Some(ns),
+                Some(stats.peak_rss_kib),
+            )
         }
-        None => (0, 0, None),
+        None => (0, 0, None, None),
     };
     Ok(Flood {
         held,
@@ -187,6 +211,8 @@ fn flood(
         captured,
         lost,
         cpu_ns,
+        ready_ms,
+        peak_rss_kib,
     })
 }
 
@@ -304,22 +330,30 @@ impl WorkloadResults {
              **6a**: one thread floods 64-byte UDP datagrams from the node's bridge \
              address into pod `wl-00`; \"received\" is what that pod's eth0 counted \
              (`/proc/PID/root/sys/class/net/eth0/statistics/rx_packets`), CPU is \
-             podtrace's user+system time per packet it wrote (snaplen 96, to /dev/null).\n\n\
-             | setup | received kpps | sent kpps | podtrace CPU ns per packet | captured / lost | runs, received kpps |\n\
-             |---|---:|---:|---:|---|---|"
+             podtrace's user+system time per packet it wrote (snaplen 96, to /dev/null). \
+             \"Start\" is from spawning podtrace to its \"capturing on\" line, printed once \
+             every pod of the start is attached; RSS is its VmHWM.\n\n\
+             | setup | received kpps | sent kpps | podtrace CPU ns per packet | captured / lost | start ms | peak RSS MiB | runs, received kpps |\n\
+             |---|---:|---:|---:|---|---:|---:|---|"
         );
         for held in Held::ALL {
             let runs: Vec<&Flood> = self.floods.iter().filter(|f| f.held == held).collect();
             let received: Vec<f64> = runs.iter().map(|f| f.received_pps / 1e3).collect();
             let sent: Vec<f64> = runs.iter().map(|f| f.sent_pps / 1e3).collect();
             let cpu: Vec<f64> = runs.iter().filter_map(|f| f.cpu_ns).collect();
+            let ready: Vec<f64> = runs.iter().filter_map(|f| f.ready_ms).collect();
+            let rss: Vec<f64> = runs
+                .iter()
+                .filter_map(|f| f.peak_rss_kib)
+                .map(|k| k as f64 / 1024.0)
+                .collect();
             let counts: Vec<String> = runs
                 .iter()
                 .map(|f| format!("{}/{}", f.captured, f.lost))
                 .collect();
             let _ = writeln!(
                 o,
-                "| {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} |",
                 held.label(),
                 fmt_opt(median(received.clone()), 1),
                 fmt_opt(median(sent), 1),
@@ -329,6 +363,8 @@ impl WorkloadResults {
                 } else {
                     counts.join(", ")
                 },
+                fmt_opt(median(ready), 0),
+                fmt_opt(median(rss), 1),
                 runs_list(received, 1)
             );
         }
