@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::{
     ebpf, libpcap,
-    run::{cmd, status, workspace},
+    process::{cmd, status, workspace},
     setup,
 };
 

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 
 use crate::{
-    run::{cmd, status, workspace},
+    process::{cmd, status, workspace},
     setup,
 };
 

@@ -15,7 +15,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use crate::run::{cmd, status};
+use crate::process::{cmd, status};
 use crate::setup::tools_dir;
 
 pub const VERSION: &str = "1.10.3";

@@ -7,6 +7,7 @@
 mod dist;
 mod ebpf;
 mod libpcap;
+mod process;
 mod run;
 mod setup;
 

@@ -1,42 +1,14 @@
-//! Running cargo and the other commands xtask drives.
+//! The tasks that build, test, demonstrate and measure podtrace.
 
-use std::{
-    borrow::BorrowMut,
-    ffi::OsStr,
-    path::{Path, PathBuf},
-    process::Command,
-};
+use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 
-use crate::{dist, ebpf, setup};
-
-pub fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-pub fn cmd<I, S>(program: &str, args: I) -> Command
-where
-    I: IntoIterator<Item = S>,
-    S: AsRef<OsStr>,
-{
-    let mut c = Command::new(program);
-    c.args(args).current_dir(workspace());
-    c
-}
-
-/// Runs a command (owned or borrowed), failing if it fails.
-pub fn status(mut c: impl BorrowMut<Command>) -> Result<()> {
-    let c = c.borrow_mut();
-    let st = c.status().with_context(|| format!("running {c:?}"))?;
-    if !st.success() {
-        bail!("{c:?} failed ({st})");
-    }
-    Ok(())
-}
+use crate::{
+    dist, ebpf,
+    process::{cmd, status, workspace},
+    setup,
+};
 
 fn is_root() -> bool {
     // SAFETY: no preconditions.

@@ -5,7 +5,7 @@ use std::{env, fs, os::unix::fs::symlink, path::PathBuf, process::Command};
 
 use anyhow::{bail, Context, Result};
 
-use crate::run::{cmd, status};
+use crate::process::{cmd, status};
 
 /// Debian packages for building (protoc for the CRI client), the test node
 /// (containerd, runc, CNI plugins, busybox, gcc for the pause image), the

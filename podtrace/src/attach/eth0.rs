@@ -205,16 +205,6 @@ impl Programs {
     }
 }
 
-impl super::links::Hooked {
-    /// Whether this is the egress of a TCX or clsact attachment.
-    fn is_egress(&self) -> bool {
-        match self {
-            Self::Tcx { hook, .. } => *hook == TcAttachType::Egress,
-            Self::Clsact { hook, .. } => *hook == super::clsact::Hook::Egress,
-        }
-    }
-}
-
 /// eBPF opcodes the stub needs (`struct bpf_insn` codes).
 const LD_IMM64: u8 = 0x18;
 const MOV64_REG: u8 = 0xbf;

@@ -20,6 +20,16 @@ pub(super) enum Hooked {
     },
 }
 
+impl Hooked {
+    /// Whether this is the egress of a TCX or clsact attachment.
+    pub(super) fn is_egress(&self) -> bool {
+        match self {
+            Self::Tcx { hook, .. } => *hook == TcAttachType::Egress,
+            Self::Clsact { hook, .. } => *hook == clsact::Hook::Egress,
+        }
+    }
+}
+
 /// A link and what is attached to it.
 pub(super) struct Attached {
     pub link: HostLink,
