@@ -54,6 +54,21 @@ pub struct Bypass {
     pub note: Option<String>,
 }
 
+impl Bypass {
+    /// This report after an `earlier` one of the same interface: the
+    /// counts add up, the newer words win.
+    pub(super) fn after(self, earlier: Option<Bypass>) -> Bypass {
+        match earlier {
+            Some(e) => Bypass {
+                missed: e.missed + self.missed,
+                comment: self.comment.or(e.comment),
+                note: self.note.or(e.note),
+            },
+            None => self,
+        }
+    }
+}
+
 impl Inbound {
     pub(super) fn veth(&self) -> &str {
         &self.link.name
@@ -107,13 +122,7 @@ impl Inbound {
 
 /// `2026-01-02T03:04:05.678Z` for a wall-clock time since the epoch.
 fn utc(since_epoch: Duration) -> String {
-    let t = since_epoch.as_secs() as libc::time_t;
-    // SAFETY: zeroed tm is valid; gmtime_r gets valid pointers.
-    let tm = unsafe {
-        let mut tm: libc::tm = std::mem::zeroed();
-        libc::gmtime_r(&t, &mut tm);
-        tm
-    };
+    let tm = crate::sink::utc_time(since_epoch.as_secs());
     format!(
         "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
         tm.tm_year + 1900,

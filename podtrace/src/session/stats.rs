@@ -17,14 +17,7 @@ impl<A: Attacher> Session<A> {
     pub(super) fn leave_inbound(&mut self, id: InterfaceId, ifindex: u32) {
         if let Some(report) = self.unwatch_inbound(ifindex) {
             let member = &mut self.members[id as usize];
-            member.left_bypass = Some(match member.left_bypass.take() {
-                Some(before) => Bypass {
-                    missed: before.missed + report.missed,
-                    comment: report.comment.or(before.comment),
-                    note: report.note.or(before.note),
-                },
-                None => report,
-            });
+            member.left_bypass = Some(report.after(member.left_bypass.take()));
         }
     }
 
@@ -35,13 +28,10 @@ impl<A: Attacher> Session<A> {
             .ifindex
             .and_then(|i| self.inbound.get(&i))
             .map(Inbound::report);
-        match (live, member.left_bypass.clone()) {
-            (Some(live), Some(left)) => Some(Bypass {
-                missed: live.missed + left.missed,
-                comment: live.comment.or(left.comment),
-                note: live.note.or(left.note),
-            }),
-            (live, left) => live.or(left),
+        let left = member.left_bypass.clone();
+        match live {
+            Some(live) => Some(live.after(left)),
+            None => left,
         }
     }
 

@@ -185,12 +185,25 @@ fn file_sink(opts: &SinkOptions, out: RecordFile) -> Result<Box<dyn Sink>, SinkE
 /// The local time of a moment given in seconds since the epoch
 /// (localtime_r(3)), for file names and text timestamps.
 pub(crate) fn local_time(epoch_secs: u64) -> libc::tm {
-    // Typed by localtime_r's parameter: musl's time_t is being retyped.
+    broken_down(epoch_secs, false)
+}
+
+/// The UTC time of a moment given in seconds since the epoch (gmtime_r(3)).
+pub(crate) fn utc_time(epoch_secs: u64) -> libc::tm {
+    broken_down(epoch_secs, true)
+}
+
+fn broken_down(epoch_secs: u64, utc: bool) -> libc::tm {
+    // Typed by the callee's parameter: musl's time_t is being retyped.
     let t = epoch_secs as _;
-    // SAFETY: a zeroed tm is valid; localtime_r gets valid pointers.
+    // SAFETY: a zeroed tm is valid; both functions get valid pointers.
     unsafe {
         let mut tm: libc::tm = std::mem::zeroed();
-        libc::localtime_r(&t, &mut tm);
+        if utc {
+            libc::gmtime_r(&t, &mut tm);
+        } else {
+            libc::localtime_r(&t, &mut tm);
+        }
         tm
     }
 }
