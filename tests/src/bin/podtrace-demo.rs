@@ -123,7 +123,7 @@ fn workload(node: &Node, endpoint: &str) -> Result<std::path::PathBuf> {
         "-w",
         WORKLOAD,
     ])?;
-    println!("  (meanwhile: pod demo-late (app=demo) starts; every pod, demo-other too, gets 2 HTTP requests)");
+    println!("  (meanwhile: pod demo-late (app=demo) starts; demo-api, demo-late and demo-other (not selected) get 2 HTTP requests each; demo-web, none)");
     let late = node.run_pod(PodSpec::new("demo-late").label("app", "demo"))?;
     for ip in [api.ip()?, late.ip()?, other.ip()?] {
         for _ in 0..2 {
